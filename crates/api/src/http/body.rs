@@ -1,0 +1,60 @@
+//! Request bodies: JSON or YAML documents and patches, read under the body limit, with every rejection a `Status`.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use serde_json::Value;
+
+use super::error::ApiError;
+
+/// Request bodies larger than this get 413.
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// The media type of a body, parameters dropped.
+pub fn media_type(content_type: Option<&str>) -> String {
+    content_type.unwrap_or("application/json").split(';').next().unwrap_or_default().trim().to_ascii_lowercase()
+}
+
+fn is_yaml(media_type: &str) -> bool {
+    matches!(media_type, "application/yaml" | "application/x-yaml" | "text/yaml" | "application/apply-patch+yaml")
+}
+
+/// Parses a JSON or YAML document.
+pub fn parse_document(media_type: &str, bytes: &[u8]) -> Result<Value, ApiError> {
+    if is_yaml(media_type) {
+        serde_norway::from_slice::<Value>(bytes)
+            .map_err(|error| ApiError::bad_request(format!("error decoding YAML body: {error}")))
+    } else {
+        serde_json::from_slice::<Value>(bytes)
+            .map_err(|error| ApiError::bad_request(format!("error decoding JSON body: {error}")))
+    }
+}
+
+/// A request body, read whole (413 beyond [`MAX_BODY_BYTES`]), with its media type.
+pub struct Body {
+    pub media_type: String,
+    pub bytes: Bytes,
+}
+
+impl Body {
+    pub fn document(&self) -> Result<Value, ApiError> {
+        parse_document(&self.media_type, &self.bytes)
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let media_type = media_type(request.headers().get(CONTENT_TYPE).and_then(|value| value.to_str().ok()));
+        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::too_large()
+            } else {
+                ApiError::bad_request(format!("could not read the request body: {rejection}"))
+            }
+        })?;
+        Ok(Body { media_type, bytes })
+    }
+}

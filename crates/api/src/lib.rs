@@ -1,0 +1,7 @@
+//! The CLS API server: object storage in PostgreSQL and the HTTP API.
+
+pub mod http;
+pub mod store;
+
+pub use http::{AppState, router};
+pub use store::{ScheduleConfig, Store};

@@ -1,0 +1,184 @@
+//! Storage of CLS objects in PostgreSQL.
+//!
+//! Data flow: a write locks the object's row (or relies on the unique constraint for creates), changes it, bumps its
+//! `resource_version` from one global sequence, and writes its outbox event and schedule row in the same
+//! transaction. Controller reports take the optimistic path: one read, then one statement that stores the report,
+//! marks the aggregate dirty, writes the event and moves the schedule, guarded by the `status_seq` it read.
+//! Reads fetch the row and, only when the cached aggregate is stale, the reports in the same statement; the fresh
+//! aggregate is then cached with a compare-and-set on `status_seq`, so a report racing a read is never lost.
+
+mod object;
+pub mod read;
+mod registry;
+mod report;
+mod write;
+
+use std::time::Duration;
+
+use cls_core::Kind;
+use cls_core::validation::FieldErrors;
+use thiserror::Error;
+use uuid::Uuid;
+
+pub use object::StoredObject;
+pub use read::{ContinueToken, ListQuery, ListResult};
+pub use write::Change;
+
+use registry::RegistryCache;
+
+/// The migrations of the object store, run by every role at start.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+/// Advisory lock key under which migrations run, so that replicas starting together migrate once.
+const MIGRATION_LOCK: i64 = 0x0c15_0001;
+
+/// Runs the migrations under an advisory lock (idempotent).
+pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    let mut connection = pool.acquire().await?;
+    sqlx::query("select pg_advisory_lock($1)").bind(MIGRATION_LOCK).execute(&mut *connection).await?;
+    let result = MIGRATOR.run(&mut *connection).await;
+    sqlx::query("select pg_advisory_unlock($1)").bind(MIGRATION_LOCK).execute(&mut *connection).await?;
+    result
+}
+
+/// How an object is addressed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ObjectKey {
+    Uid(Uuid),
+    /// `namespace` is empty for cluster-scoped kinds.
+    Name {
+        namespace: String,
+        name: String,
+    },
+}
+
+impl ObjectKey {
+    pub fn name(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjectKey::Name { namespace: namespace.into(), name: name.into() }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            ObjectKey::Uid(uid) => uid.to_string(),
+            ObjectKey::Name { name, .. } => name.clone(),
+        }
+    }
+}
+
+/// Errors of the store. HTTP status codes are the transport's business; the variants say what went wrong.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("{} {name:?} not found", kind.plural())]
+    NotFound { kind: Kind, name: String },
+    #[error("{} {name:?} already exists", kind.plural())]
+    AlreadyExists { kind: Kind, name: String },
+    #[error("operation cannot be fulfilled on {} {name:?}: {reason}", kind.plural())]
+    Conflict { kind: Kind, name: String, reason: String },
+    #[error("{kind} {name:?} is invalid")]
+    Invalid { kind: Kind, name: String, errors: FieldErrors },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("database unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
+}
+
+impl StoreError {
+    pub(crate) fn stale(kind: Kind, name: &str) -> Self {
+        StoreError::Conflict {
+            kind,
+            name: name.to_owned(),
+            reason: "the object has been modified; please apply your changes to the latest version and try again"
+                .into(),
+        }
+    }
+
+    /// Whether retrying the whole transaction can succeed (deadlock, serialization failure).
+    fn retryable(&self) -> bool {
+        matches!(self, StoreError::Database(sqlx::Error::Database(error))
+            if matches!(error.code().as_deref(), Some("40001" | "40P01")))
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_) => StoreError::Unavailable(error),
+            sqlx::Error::Database(database)
+                if database.code().is_some_and(|code| {
+                    // admin shutdown, crash shutdown, cannot connect now, too many connections
+                    code.starts_with("08") || ["57P01", "57P02", "57P03", "53300"].contains(&code.as_ref())
+                }) =>
+            {
+                StoreError::Unavailable(error)
+            }
+            _ => StoreError::Database(error),
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Cadences the scheduler uses; the store moves objects between them on every change.
+#[derive(Clone, Copy, Debug)]
+pub struct ScheduleConfig {
+    pub attention_interval: Duration,
+    pub stable_interval: Duration,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        ScheduleConfig { attention_interval: Duration::from_secs(30), stable_interval: Duration::from_secs(300) }
+    }
+}
+
+/// The object store.
+#[derive(Clone)]
+pub struct Store {
+    pool: sqlx::PgPool,
+    schedule: ScheduleConfig,
+    registry: RegistryCache,
+}
+
+impl Store {
+    pub fn new(pool: sqlx::PgPool, schedule: ScheduleConfig) -> Self {
+        Store { pool, schedule, registry: RegistryCache::default() }
+    }
+
+    pub fn pool(&self) -> &sqlx::PgPool {
+        &self.pool
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("select 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+/// Runs `attempt` again when the database reports a deadlock or serialization failure.
+async fn with_retries<T, F, Fut>(mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut tries = 0;
+    loop {
+        match attempt().await {
+            Err(error) if error.retryable() && tries < 5 => {
+                tries += 1;
+                tracing::debug!(tries, error = %error, "retrying transaction");
+            }
+            result => return result,
+        }
+    }
+}
+
+fn interval_seconds(interval: Duration) -> f64 {
+    interval.as_secs_f64()
+}

@@ -1,0 +1,244 @@
+//! Reads: get by uid or name, list with selectors and keyset pagination, and the lazy aggregate behind both.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use cls_core::Kind;
+use cls_core::selector::{FieldRequirement, FieldSelector, LabelRequirement, LabelSelector};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::{Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use super::object::{CacheWrite, ObjectRow, select_object};
+use super::{ObjectKey, Result, Store, StoreError, StoredObject};
+
+/// Lists hold at most this many items per page.
+pub const MAX_LIMIT: i64 = 1000;
+/// Page size when the client sends no `limit`.
+pub const DEFAULT_LIMIT: i64 = 500;
+
+/// Where the next page starts: after this namespace/name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContinueToken {
+    #[serde(rename = "ns")]
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ContinueToken {
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).expect("token serializes"))
+    }
+
+    pub fn decode(token: &str) -> Result<Self> {
+        URL_SAFE_NO_PAD
+            .decode(token.trim_end_matches('='))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .ok_or_else(|| StoreError::BadRequest(format!("invalid continue token {token:?}")))
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ListQuery {
+    /// Restricts to one namespace (namespaced kinds).
+    pub namespace: Option<String>,
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+    /// Page size; `None` gives the default, values above the maximum are capped.
+    pub limit: Option<i64>,
+    pub continue_after: Option<ContinueToken>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ListResult {
+    pub items: Vec<StoredObject>,
+    /// Set when there are more items.
+    pub continue_token: Option<String>,
+    pub resource_version: i64,
+}
+
+/// Field selectors each kind supports, beside `metadata.name` and `metadata.namespace`.
+pub fn supported_fields(kind: Kind) -> &'static [&'static str] {
+    match kind {
+        Kind::Cluster => &["metadata.name", "metadata.namespace", "spec.platform.type"],
+        Kind::Service => &["metadata.name", "metadata.namespace", "spec.clusterRef.name"],
+        Kind::Controller => &["metadata.name"],
+    }
+}
+
+fn field_column(field: &str) -> &'static str {
+    match field {
+        "metadata.namespace" => "o.namespace",
+        "spec.platform.type" => "o.platform",
+        "spec.clusterRef.name" => "o.cluster_name",
+        _ => "o.name",
+    }
+}
+
+pub(crate) fn push_key(builder: &mut QueryBuilder<Postgres>, kind: Kind, key: &ObjectKey) {
+    builder.push(" where o.kind = ").push_bind(kind.as_str());
+    match key {
+        ObjectKey::Uid(uid) => {
+            builder.push(" and o.uid = ").push_bind(*uid);
+        }
+        ObjectKey::Name { namespace, name } => {
+            builder.push(" and o.namespace = ").push_bind(namespace.clone());
+            builder.push(" and o.name = ").push_bind(name.clone());
+        }
+    }
+}
+
+fn push_label_requirement(builder: &mut QueryBuilder<Postgres>, requirement: &LabelRequirement) {
+    match requirement {
+        LabelRequirement::Equals { key, value } => {
+            builder.push(" and o.labels @> ").push_bind(sqlx::types::Json(json!({ key: value })));
+        }
+        LabelRequirement::NotEquals { key, value } => {
+            builder.push(" and not o.labels @> ").push_bind(sqlx::types::Json(json!({ key: value })));
+        }
+        LabelRequirement::In { key, values } => {
+            builder.push(" and o.labels ->> ").push_bind(key.clone());
+            builder.push(" = any(").push_bind(values.clone()).push(")");
+        }
+        LabelRequirement::NotIn { key, values } => {
+            builder.push(" and not coalesce(o.labels ->> ").push_bind(key.clone());
+            builder.push(" = any(").push_bind(values.clone()).push("), false)");
+        }
+        LabelRequirement::Exists { key } => {
+            builder.push(" and jsonb_exists(o.labels, ").push_bind(key.clone()).push(")");
+        }
+        LabelRequirement::DoesNotExist { key } => {
+            builder.push(" and not jsonb_exists(o.labels, ").push_bind(key.clone()).push(")");
+        }
+    }
+}
+
+fn push_field_requirement(builder: &mut QueryBuilder<Postgres>, requirement: &FieldRequirement) {
+    match requirement {
+        FieldRequirement::Equals { field, value } => {
+            builder.push(format!(" and {} = ", field_column(field))).push_bind(value.clone());
+        }
+        FieldRequirement::NotEquals { field, value } => {
+            builder.push(format!(" and {} is distinct from ", field_column(field))).push_bind(value.clone());
+        }
+    }
+}
+
+/// The wall clock, truncated to seconds as Kubernetes timestamps are.
+pub(crate) fn now_seconds() -> jiff::Timestamp {
+    jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).expect("now is a valid timestamp")
+}
+
+impl Store {
+    /// Gets one object, its aggregate up to date.
+    pub async fn get(&self, kind: Kind, key: &ObjectKey) -> Result<StoredObject> {
+        let mut builder = QueryBuilder::new(select_object(false));
+        push_key(&mut builder, kind, key);
+        let row: Option<ObjectRow> = builder.build_query_as().fetch_optional(&self.pool).await?;
+        let row = row.ok_or_else(|| StoreError::NotFound { kind, name: key.describe() })?;
+        Ok(self.resolve(vec![row]).await?.remove(0))
+    }
+
+    /// Lists objects in (namespace, name) order, one page at a time.
+    pub async fn list(&self, kind: Kind, query: &ListQuery) -> Result<ListResult> {
+        let limit = query.limit.filter(|limit| *limit > 0).unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
+        let mut builder = QueryBuilder::new(select_object(false));
+        builder.push(" where o.kind = ").push_bind(kind.as_str());
+        if let Some(namespace) = &query.namespace {
+            builder.push(" and o.namespace = ").push_bind(namespace.clone());
+        }
+        for requirement in &query.labels.requirements {
+            push_label_requirement(&mut builder, requirement);
+        }
+        for requirement in &query.fields.requirements {
+            push_field_requirement(&mut builder, requirement);
+        }
+        if let Some(after) = &query.continue_after {
+            builder.push(" and (o.namespace, o.name) > (").push_bind(after.namespace.clone());
+            builder.push(", ").push_bind(after.name.clone()).push(")");
+        }
+        builder.push(" order by o.namespace, o.name limit ").push_bind(limit + 1);
+
+        let mut connection = self.pool.acquire().await?;
+        let (resource_version,): (i64,) =
+            sqlx::query_as("select coalesce(pg_sequence_last_value('resource_version_seq'), 0)")
+                .fetch_one(&mut *connection)
+                .await?;
+        let mut rows: Vec<ObjectRow> = builder.build_query_as().fetch_all(&mut *connection).await?;
+        drop(connection);
+        let continue_token = if rows.len() as i64 > limit {
+            rows.truncate(limit as usize);
+            rows.last().map(|row| ContinueToken { namespace: row.namespace.clone(), name: row.name.clone() }.encode())
+        } else {
+            None
+        };
+        let items = self.resolve(rows).await?;
+        Ok(ListResult { items, continue_token, resource_version })
+    }
+
+    /// Turns rows into objects, computing stale aggregates and caching them with a compare-and-set on `status_seq`:
+    /// when a report lands between the read and the write, the cache stays stale and the next read recomputes.
+    pub(crate) async fn resolve(&self, rows: Vec<ObjectRow>) -> Result<Vec<StoredObject>> {
+        let Some(epoch) = rows.iter().filter(|row| row.needs_aggregate()).map(|row| row.epoch).max() else {
+            return Ok(rows.into_iter().map(ObjectRow::into_cached_object).collect());
+        };
+        let (epoch, registrations) = self.registry.get(&self.pool, epoch).await?;
+        let now = now_seconds();
+        let mut writes = Vec::new();
+        let objects = rows
+            .into_iter()
+            .map(|row| {
+                if !row.needs_aggregate() {
+                    return row.into_cached_object();
+                }
+                let status = serde_json::to_value(row.aggregate(None, &registrations, now)).expect("status serializes");
+                writes.push(CacheWrite { uid: row.uid, status_seq: row.status_seq, epoch, status: status.clone() });
+                row.into_object(status)
+            })
+            .collect();
+        self.write_cache(writes).await?;
+        Ok(objects)
+    }
+
+    async fn write_cache(&self, writes: Vec<CacheWrite>) -> Result<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut uids: Vec<Uuid> = Vec::with_capacity(writes.len());
+        let mut sequences = Vec::with_capacity(writes.len());
+        let mut epochs = Vec::with_capacity(writes.len());
+        let mut statuses = Vec::with_capacity(writes.len());
+        for write in writes {
+            uids.push(write.uid);
+            sequences.push(write.status_seq);
+            epochs.push(write.epoch);
+            statuses.push(sqlx::types::Json(write.status));
+        }
+        sqlx::query(
+            "update objects o set status = c.status, status_cached_seq = c.seq, status_epoch = c.epoch
+             from unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::jsonb[]) as c(uid, seq, epoch, status)
+             where o.uid = c.uid and o.status_seq = c.seq and (o.status_epoch is null or o.status_epoch <= c.epoch)",
+        )
+        .bind(uids)
+        .bind(sequences)
+        .bind(epochs)
+        .bind(statuses)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continue_tokens_round_trip_and_garbage_is_a_bad_request() {
+        let token = ContinueToken { namespace: "default".into(), name: "web".into() };
+        assert_eq!(ContinueToken::decode(&token.encode()).unwrap(), token);
+        assert!(matches!(ContinueToken::decode("!!!"), Err(StoreError::BadRequest(_))));
+        assert!(matches!(ContinueToken::decode("e30"), Err(StoreError::BadRequest(_))));
+    }
+}

@@ -1,0 +1,133 @@
+//! Controller reports: the hot write path.
+//!
+//! One read (the object and its reports), checks and the in-memory aggregate (for the schedule's cadence and the
+//! response), then one statement that stores the report, bumps `resourceVersion` and `status_seq` (which marks the
+//! cached aggregate stale), writes the `<kind>.status` event and moves the schedule, guarded by the `status_seq`
+//! that was read. When another writer moved `status_seq` in between, the statement changes nothing and the report
+//! is re-checked against the fresh state. No explicit transaction: the statement is atomic on its own.
+
+use cls_core::Kind;
+use cls_core::aggregate::needs_attention;
+use cls_core::condition::{carry_transition_times, same_conditions_ignoring_time};
+use cls_core::resources::ControllerReport;
+use cls_core::validation::{FieldError, validate_report};
+use sqlx::QueryBuilder;
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use super::object::{ObjectRow, select_object};
+use super::read::{now_seconds, push_key};
+use super::{ObjectKey, Result, Store, StoreError, StoredObject, interval_seconds};
+
+/// How often a report is re-checked when other writers keep moving the object.
+const MAX_ATTEMPTS: usize = 16;
+
+impl Store {
+    /// Stores a controller's report on object `uid` of `kind` and answers the object with the new aggregate.
+    /// A report that changes nothing (same generation, conditions ignoring timestamps, and data) is a no-op.
+    pub async fn report(&self, kind: Kind, uid: Uuid, report: ControllerReport) -> Result<StoredObject> {
+        let errors = validate_report(&report);
+        if !errors.is_empty() {
+            return Err(StoreError::Invalid { kind, name: uid.to_string(), errors });
+        }
+        let key = ObjectKey::Uid(uid);
+        for _ in 0..MAX_ATTEMPTS {
+            let mut builder = QueryBuilder::new(select_object(true));
+            push_key(&mut builder, kind, &key);
+            let row: Option<ObjectRow> = builder.build_query_as().fetch_optional(&self.pool).await?;
+            let row = row.ok_or_else(|| StoreError::NotFound { kind, name: uid.to_string() })?;
+            if report.observed_generation > row.generation {
+                return Err(StoreError::Invalid {
+                    kind,
+                    name: row.name.clone(),
+                    errors: vec![FieldError::invalid(
+                        "observedGeneration",
+                        report.observed_generation,
+                        format!("must not be greater than metadata.generation ({})", row.generation),
+                    )],
+                });
+            }
+            let mut reports = row.reports.as_ref().map(|reports| reports.0.clone()).unwrap_or_default();
+            let previous = reports.iter().position(|stored| stored.controller == report.controller);
+            let now = now_seconds();
+            let mut incoming = report.clone();
+            incoming.last_report_time = Some(now);
+            if let Some(index) = previous {
+                let stored = &reports[index];
+                if stored.observed_generation > incoming.observed_generation {
+                    return Err(StoreError::Conflict {
+                        kind,
+                        name: row.name.clone(),
+                        reason: format!(
+                            "controller {:?} already reported generation {}, newer than {}",
+                            incoming.controller, stored.observed_generation, incoming.observed_generation
+                        ),
+                    });
+                }
+                carry_transition_times(&stored.conditions, &mut incoming.conditions, now);
+                if stored.observed_generation == incoming.observed_generation
+                    && same_conditions_ignoring_time(&stored.conditions, &incoming.conditions)
+                    && stored.data == incoming.data
+                {
+                    return Ok(self.resolve(vec![row]).await?.remove(0));
+                }
+                reports[index] = incoming.clone();
+            } else {
+                carry_transition_times(&[], &mut incoming.conditions, now);
+                reports.push(incoming.clone());
+            }
+
+            let (_, registrations) = self.registry.get(&self.pool, row.epoch).await?;
+            let status = row.aggregate(Some(&reports), &registrations, now);
+            let attention = needs_attention(&status, row.deletion_timestamp.is_some());
+            let interval = if attention { self.schedule.attention_interval } else { self.schedule.stable_interval };
+            let written: Option<(i64, i64)> = sqlx::query_as(
+                "with obj as (
+                     update objects set resource_version = nextval('resource_version_seq'),
+                         status_seq = status_seq + 1, updated_at = now()
+                     where uid = $1 and status_seq = $2
+                     returning uid, kind, namespace, name, generation, platform, resource_version, status_seq),
+                 stored as (
+                     insert into reports (uid, controller, observed_generation, conditions, data, reported_at)
+                     select obj.uid, $3, $4, $5, $6, now() from obj
+                     on conflict (uid, controller) do update set observed_generation = excluded.observed_generation,
+                         conditions = excluded.conditions, data = excluded.data, reported_at = excluded.reported_at,
+                         updated_at = now()),
+                 event as (
+                     insert into outbox (event_id, event_type, kind, uid, namespace, name, generation, platform)
+                     select $7, lower(obj.kind) || '.status', obj.kind, obj.uid, obj.namespace, obj.name,
+                            obj.generation, obj.platform
+                     from obj),
+                 moved as (
+                     update schedules s set attention = $8,
+                         next_at = case when s.attention = $8 then s.next_at
+                                        else now() + make_interval(secs => $9) end,
+                         updated_at = now()
+                     from obj where s.uid = obj.uid and s.attention <> $8)
+                 select resource_version, status_seq from obj",
+            )
+            .bind(uid)
+            .bind(row.status_seq)
+            .bind(&incoming.controller)
+            .bind(incoming.observed_generation)
+            .bind(Json(&incoming.conditions))
+            .bind(incoming.data.as_ref().map(Json))
+            .bind(Uuid::new_v4())
+            .bind(attention)
+            .bind(interval_seconds(interval))
+            .fetch_optional(&self.pool)
+            .await?;
+            let Some((resource_version, _)) = written else {
+                continue;
+            };
+            let mut object = row.into_object(serde_json::to_value(&status).expect("status serializes"));
+            object.resource_version = resource_version;
+            return Ok(object);
+        }
+        Err(StoreError::Conflict {
+            kind,
+            name: uid.to_string(),
+            reason: "the object kept changing; retry the report".into(),
+        })
+    }
+}

@@ -1,0 +1,138 @@
+//! Wiring of the `cls` roles: flags, logging, shutdown, and the subcommands.
+
+mod postgres;
+mod server;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// CLS: a Kubernetes-style control plane for cluster lifecycle.
+#[derive(Debug, Parser)]
+#[command(name = "cls", version, about)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "CLS_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole system in one process: PostgreSQL (its own under CLS_HOME unless DATABASE_URL is set),
+    /// migrations and the API.
+    Up(UpArgs),
+    /// Run the API server against DATABASE_URL.
+    Api(ApiArgs),
+    /// Run the database migrations against DATABASE_URL and exit.
+    Migrate(DatabaseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL connection URL.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleArgs {
+    /// Reconcile cadence while an object needs attention (not Ready, Degraded, deleting).
+    #[arg(long, env = "CLS_ATTENTION_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub attention_interval: Duration,
+    /// Reconcile cadence while an object is stable.
+    #[arg(long, env = "CLS_STABLE_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub stable_interval: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// Address to serve on.
+    #[arg(long, env = "CLS_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub schedule: ScheduleArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Address to serve on.
+    #[arg(long, env = "CLS_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// PostgreSQL connection URL; when unset, `cls up` runs its own PostgreSQL and keeps its data across runs.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Where `cls up` keeps its state (default: ~/.cls).
+    #[arg(long, env = "CLS_HOME")]
+    pub home: Option<PathBuf>,
+    #[command(flatten)]
+    pub schedule: ScheduleArgs,
+}
+
+/// Installs the tracing subscriber (`RUST_LOG` filters; default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Runs the chosen role until it finishes or a shutdown signal arrives.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let shutdown = server::shutdown_signal();
+    match cli.command {
+        Command::Migrate(args) => {
+            let pool = server::connect(&args.database_url).await?;
+            cls_api::store::migrate(&pool).await?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Api(args) => {
+            let schedule = schedule_config(&args.schedule);
+            server::serve(&args.database.database_url, args.listen, schedule, shutdown).await
+        }
+        Command::Up(args) => {
+            let schedule = schedule_config(&args.schedule);
+            let home = match args.home {
+                Some(home) => home,
+                None => default_home()?,
+            };
+            std::fs::create_dir_all(&home)?;
+            let (database_url, embedded) = match args.database_url {
+                Some(url) => (url, None),
+                None => {
+                    let embedded = tokio::task::spawn_blocking(move || postgres::Embedded::start(&home)).await??;
+                    (embedded.url(), Some(embedded))
+                }
+            };
+            let served = server::serve(&database_url, args.listen, schedule, shutdown).await;
+            if let Some(embedded) = embedded {
+                tokio::task::spawn_blocking(move || embedded.stop()).await?;
+            }
+            served
+        }
+    }
+}
+
+fn schedule_config(args: &ScheduleArgs) -> cls_api::ScheduleConfig {
+    cls_api::ScheduleConfig { attention_interval: args.attention_interval, stable_interval: args.stable_interval }
+}
+
+fn default_home() -> anyhow::Result<PathBuf> {
+    let home = std::env::var_os("HOME").ok_or_else(|| anyhow::anyhow!("HOME is not set; set CLS_HOME"))?;
+    Ok(PathBuf::from(home).join(".cls"))
+}
