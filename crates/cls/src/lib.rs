@@ -96,8 +96,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let shutdown = server::shutdown_signal();
     match cli.command {
         Command::Migrate(args) => {
-            let pool = server::connect(&args.database_url).await?;
-            cls_api::store::migrate(&pool).await?;
+            let pool = server::pool(&args.database_url)?;
+            server::migrate_with_retries(&pool, &shutdown).await?;
             tracing::info!("migrations applied");
             Ok(())
         }

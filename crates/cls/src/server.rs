@@ -1,6 +1,9 @@
 //! Serving the API: database connection, migrations, HTTP server and graceful shutdown.
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -32,44 +35,62 @@ pub fn shutdown_signal() -> CancellationToken {
     token
 }
 
-/// Connects to PostgreSQL, waiting up to 30 s for it to accept connections.
-pub async fn connect(database_url: &str) -> anyhow::Result<sqlx::PgPool> {
-    let pool = PgPoolOptions::new()
+/// A pool that connects on first use; a server that is down answers 503 until it is back.
+pub fn pool(database_url: &str) -> anyhow::Result<sqlx::PgPool> {
+    PgPoolOptions::new()
         .max_connections(32)
         .acquire_timeout(Duration::from_secs(5))
         .connect_lazy(database_url)
-        .context("invalid DATABASE_URL")?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        .context("invalid DATABASE_URL")
+}
+
+/// Runs the migrations, retrying while the database is unreachable, until `shutdown`.
+pub async fn migrate_with_retries(pool: &sqlx::PgPool, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let mut delay = Duration::from_millis(200);
     loop {
-        match sqlx::query("select 1").execute(&pool).await {
-            Ok(_) => return Ok(pool),
-            Err(error) if tokio::time::Instant::now() < deadline => {
-                tracing::info!(error = %error, "waiting for the database");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+        match cls_api::store::migrate(pool).await {
+            Ok(()) => return Ok(()),
+            Err(sqlx::migrate::MigrateError::Execute(error)) if cls_api::store::is_connection_error(&error) => {
+                tracing::info!("waiting for the database");
             }
-            Err(error) => return Err(error).context("cannot connect to the database"),
+            Err(error) => return Err(error).context("migrations failed"),
         }
+        tokio::select! {
+            _ = shutdown.cancelled() => anyhow::bail!("shut down before the database was reachable"),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 
-/// Migrates and serves the API on `listen` until `shutdown`, then drains in-flight requests.
+/// Serves the API on `listen` until `shutdown`, then drains in-flight requests. `/healthz` answers at once; the
+/// rest answers 503 until the migrations (run here, under an advisory lock) are done.
 pub async fn serve(
     database_url: &str,
     listen: SocketAddr,
     schedule: cls_api::ScheduleConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let pool = connect(database_url).await?;
-    cls_api::store::migrate(&pool).await.context("migrations failed")?;
+    let pool = pool(database_url)?;
     let store = cls_api::Store::new(pool.clone(), schedule);
-    let app = cls_api::router(cls_api::AppState { store });
+    let state = cls_api::AppState { store, migrated: Arc::new(AtomicBool::new(false)) };
+    let migrated = state.migrated.clone();
+    let app = cls_api::router(state);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener.local_addr()?;
     tracing::info!(%address, "api serving");
     // the one line scripts and tests wait for
     println!("cls api listening on http://{address}");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future();
+    let migrations = async {
+        migrate_with_retries(&pool, &shutdown).await?;
+        migrated.store(true, Ordering::Release);
+        tracing::info!("migrations applied; api ready");
+        anyhow::Ok(())
+    };
+    let (served, migrated) = tokio::join!(server, migrations);
     pool.close().await;
     tracing::info!("api stopped");
-    Ok(())
+    served?;
+    migrated
 }

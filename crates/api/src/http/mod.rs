@@ -6,8 +6,12 @@ pub mod error;
 mod query;
 mod rest;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -19,6 +23,23 @@ use error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
+    /// False until the database is migrated: until then only `/healthz` answers 200, everything else 503.
+    pub migrated: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// State for a store whose database is already migrated.
+    pub fn new(store: Store) -> Self {
+        AppState { store, migrated: Arc::new(AtomicBool::new(true)) }
+    }
+}
+
+async fn until_migrated(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if state.migrated.load(Ordering::Acquire) || request.uri().path() == "/healthz" {
+        next.run(request).await
+    } else {
+        ApiError::unavailable("the server is starting: waiting for the database").into_response()
+    }
 }
 
 /// The whole API.
@@ -30,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), until_migrated))
         .with_state(state)
 }
 

@@ -101,24 +101,25 @@ impl StoreError {
     }
 }
 
+/// Whether `error` means the database could not be reached (503) rather than refused the request.
+pub fn is_connection_error(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        // connection exceptions, admin/crash shutdown, cannot connect now, too many connections
+        sqlx::Error::Database(database) => database
+            .code()
+            .is_some_and(|code| code.starts_with("08") || ["57P01", "57P02", "57P03", "53300"].contains(&code.as_ref())),
+        _ => false,
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        match &error {
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_) => StoreError::Unavailable(error),
-            sqlx::Error::Database(database)
-                if database.code().is_some_and(|code| {
-                    // admin shutdown, crash shutdown, cannot connect now, too many connections
-                    code.starts_with("08") || ["57P01", "57P02", "57P03", "53300"].contains(&code.as_ref())
-                }) =>
-            {
-                StoreError::Unavailable(error)
-            }
-            _ => StoreError::Database(error),
-        }
+        if is_connection_error(&error) { StoreError::Unavailable(error) } else { StoreError::Database(error) }
     }
 }
 
