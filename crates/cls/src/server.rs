@@ -44,7 +44,7 @@ pub fn pool(database_url: &str) -> anyhow::Result<sqlx::PgPool> {
         .context("invalid DATABASE_URL")
 }
 
-/// Runs the migrations, retrying while the database is unreachable, until `shutdown`.
+/// Runs the migrations, retrying while the database is unreachable, until `shutdown` (which ends it quietly).
 pub async fn migrate_with_retries(pool: &sqlx::PgPool, shutdown: &CancellationToken) -> anyhow::Result<()> {
     let mut delay = Duration::from_millis(200);
     loop {
@@ -56,7 +56,10 @@ pub async fn migrate_with_retries(pool: &sqlx::PgPool, shutdown: &CancellationTo
             Err(error) => return Err(error).context("migrations failed"),
         }
         tokio::select! {
-            _ = shutdown.cancelled() => anyhow::bail!("shut down before the database was reachable"),
+            _ = shutdown.cancelled() => {
+                tracing::info!("shut down before the database was reachable");
+                return Ok(());
+            }
             _ = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(Duration::from_secs(5));

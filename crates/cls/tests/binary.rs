@@ -1,0 +1,195 @@
+//! The real `cls` binary: `cls up` with and without `DATABASE_URL`, `cls api` while the database is down,
+//! `cls migrate`, and graceful shutdown on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use cls_testkit::{PgServer, TestDb};
+use serde_json::{Value, json};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_cls");
+
+/// A running `cls` process, killed on drop.
+struct Cls {
+    child: Child,
+    base: String,
+    logs: mpsc::Receiver<String>,
+}
+
+impl Cls {
+    /// Starts `cls ARGS` (listening on a free loopback port) and waits for its "listening" line.
+    fn start(args: &[&str], envs: &[(&str, &str)]) -> Cls {
+        let mut command = Command::new(BINARY);
+        command.args(args).args(["--listen", "127.0.0.1:0"]).env_remove("DATABASE_URL").env("CLS_LOG_FORMAT", "json");
+        command.envs(envs.iter().copied()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().expect("cls starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let (lines, logs) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("cls: {line}");
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (address_sender, address) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(base) = line.strip_prefix("cls api listening on ") {
+                    let _ = address_sender.send(base.to_owned());
+                }
+            }
+        });
+        let base = address.recv_timeout(Duration::from_secs(60)).expect("cls prints its address");
+        Cls { child, base, logs }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    fn terminate(mut self) -> (ExitStatus, Vec<String>) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs").success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return (status, self.logs.try_iter().collect());
+            }
+            assert!(Instant::now() < deadline, "cls did not exit within 30 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Cls {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn wait_ready(client: &reqwest::Client, cls: &Cls) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(response) = client.get(cls.url("/readyz")).send().await
+            && response.status() == 200
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "cls did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn cluster(name: &str) -> Value {
+    json!({"apiVersion": "cls.dev/v1alpha1", "kind": "Cluster", "metadata": {"name": name},
+           "spec": {"platform": {"type": "local"}}})
+}
+
+#[tokio::test]
+async fn cls_up_with_a_database_url_serves_the_api_and_exits_cleanly_on_sigterm() {
+    let db = TestDb::new(&cls_api::store::MIGRATOR).await;
+    let cls = Cls::start(&["up"], &[("DATABASE_URL", &db.url)]);
+    let client = reqwest::Client::new();
+    wait_ready(&client, &cls).await;
+
+    let created = client.post(cls.url("/api/v1/clusters")).json(&cluster("dev")).send().await.unwrap();
+    assert_eq!(created.status(), 201);
+    let listed: Value = client.get(cls.url("/api/v1/clusters")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["items"][0]["metadata"]["name"], "dev");
+
+    let (status, _) = cls.terminate();
+    assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test]
+async fn cls_up_without_a_database_url_runs_its_own_postgres_and_keeps_the_data_across_runs() {
+    let home = tempdir();
+    let home_text = home.display().to_string();
+    let client = reqwest::Client::new();
+
+    let first = Cls::start(&["up"], &[("CLS_HOME", &home_text)]);
+    wait_ready(&client, &first).await;
+    let created = client.post(first.url("/api/v1/clusters")).json(&cluster("kept")).send().await.unwrap();
+    assert_eq!(created.status(), 201);
+    let (status, logs) = first.terminate();
+    assert!(status.success(), "exit status {status}");
+    let data_dir = logs
+        .iter()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find_map(|log| log["fields"]["data"].as_str().map(PathBuf::from))
+        .expect("cls up logs its PostgreSQL data directory");
+    assert!(!postgres_running(&data_dir), "embedded PostgreSQL still running after cls up stopped");
+
+    let second = Cls::start(&["up"], &[("CLS_HOME", &home_text)]);
+    wait_ready(&client, &second).await;
+    let listed: Value = client.get(second.url("/api/v1/clusters")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["items"][0]["metadata"]["name"], "kept");
+    let (status, _) = second.terminate();
+    assert!(status.success(), "exit status {status}");
+
+    if let Some(base) = data_dir.parent().filter(|base| base.starts_with("/var/lib/cls")) {
+        let _ = std::fs::remove_dir_all(base);
+    }
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+#[tokio::test]
+async fn cls_api_answers_healthz_while_the_database_is_down_and_503_elsewhere() {
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("postgres://postgres@127.0.0.1:{closed_port}/none");
+    let cls = Cls::start(&["api"], &[("DATABASE_URL", &url)]);
+    let client = reqwest::Client::new();
+
+    let health = client.get(cls.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = client.get(cls.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let list = client.get(cls.url("/api/v1/clusters")).send().await.unwrap();
+    assert_eq!(list.status(), 503);
+    let body: Value = list.json().await.unwrap();
+    assert_eq!(body["kind"], "Status");
+
+    let (status, _) = cls.terminate();
+    assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test]
+async fn cls_migrate_is_idempotent() {
+    let server = PgServer::shared();
+    let admin = sqlx::PgPool::connect(&server.admin_url()).await.unwrap();
+    let name = format!("migrate_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}"))).execute(&admin).await.unwrap();
+    let url = server.url_for(&name);
+    for _ in 0..2 {
+        let status = Command::new(BINARY).arg("migrate").env("DATABASE_URL", &url).status().unwrap();
+        assert!(status.success());
+    }
+    let database = sqlx::PgPool::connect(&url).await.unwrap();
+    let tables: i64 = sqlx::query_scalar(
+        "select count(*) from information_schema.tables where table_name in ('objects', 'reports', 'outbox', 'schedules')",
+    )
+    .fetch_one(&database)
+    .await
+    .unwrap();
+    assert_eq!(tables, 4);
+}
+
+fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cls-home-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn postgres_running(data_dir: &std::path::Path) -> bool {
+    std::fs::read_to_string(data_dir.join("postmaster.pid")).is_ok_and(|pid_file| {
+        pid_file.lines().next().is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+    })
+}
