@@ -110,9 +110,9 @@ pub fn is_connection_error(error: &sqlx::Error) -> bool {
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_) => true,
         // connection exceptions, admin/crash shutdown, cannot connect now, too many connections
-        sqlx::Error::Database(database) => database
-            .code()
-            .is_some_and(|code| code.starts_with("08") || ["57P01", "57P02", "57P03", "53300"].contains(&code.as_ref())),
+        sqlx::Error::Database(database) => database.code().is_some_and(|code| {
+            code.starts_with("08") || ["57P01", "57P02", "57P03", "53300"].contains(&code.as_ref())
+        }),
         _ => false,
     }
 }

@@ -183,7 +183,8 @@ impl Store {
         let Some(epoch) = rows.iter().filter(|row| row.needs_aggregate()).map(|row| row.epoch).max() else {
             return Ok(rows.into_iter().map(ObjectRow::into_cached_object).collect());
         };
-        let (epoch, registrations) = self.registry.get(&self.pool, epoch).await?;
+        let snapshot = self.registry.get(&self.pool, epoch).await?;
+        let (epoch, registrations) = (snapshot.epoch, snapshot.registrations);
         let now = now_seconds();
         let mut writes = Vec::new();
         let objects = rows

@@ -8,37 +8,58 @@ use sqlx::PgExecutor;
 
 use super::Result;
 
+/// The registrations as of one epoch.
+#[derive(Clone, Debug)]
+pub(crate) struct Snapshot {
+    pub epoch: i64,
+    pub registrations: Arc<Vec<Registration>>,
+}
+
 #[derive(Clone, Default)]
 pub(crate) struct RegistryCache {
-    cached: Arc<RwLock<Option<(i64, Arc<Vec<Registration>>)>>>,
+    cached: Arc<RwLock<Option<Snapshot>>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct RegistrationRow {
+    epoch: i64,
+    name: Option<String>,
+    kinds: Option<Vec<String>>,
+    platforms: Option<Vec<String>>,
+    required: Option<bool>,
 }
 
 impl RegistryCache {
-    /// The registrations at `epoch` or later, with the epoch they were read at.
-    pub(crate) async fn get(&self, executor: impl PgExecutor<'_>, epoch: i64) -> Result<(i64, Arc<Vec<Registration>>)> {
-        if let Some((cached_epoch, registrations)) = self.cached.read().expect("registry lock").as_ref()
-            && *cached_epoch >= epoch
+    /// The registrations at `epoch` or later.
+    pub(crate) async fn get(&self, executor: impl PgExecutor<'_>, epoch: i64) -> Result<Snapshot> {
+        if let Some(snapshot) = self.cached.read().expect("registry lock").as_ref()
+            && snapshot.epoch >= epoch
         {
-            return Ok((*cached_epoch, registrations.clone()));
+            return Ok(snapshot.clone());
         }
-        let rows: Vec<(i64, Option<String>, Option<Vec<String>>, Option<Vec<String>>, Option<bool>)> = sqlx::query_as(
+        let rows: Vec<RegistrationRow> = sqlx::query_as(
             "select e.epoch, r.name, r.kinds, r.platforms, r.required
              from registry_epoch e left join controller_registrations r on true",
         )
         .fetch_all(executor)
         .await?;
-        let loaded_epoch = rows.first().map(|row| row.0).unwrap_or(epoch);
-        let registrations: Vec<Registration> = rows
+        let loaded_epoch = rows.first().map(|row| row.epoch).unwrap_or(epoch);
+        let registrations = rows
             .into_iter()
-            .filter_map(|(_, name, kinds, platforms, required)| {
-                Some(Registration { name: name?, kinds: kinds?, platforms: platforms?, required: required? })
+            .filter_map(|row| {
+                Some(Registration {
+                    name: row.name?,
+                    kinds: row.kinds?,
+                    platforms: row.platforms?,
+                    required: row.required?,
+                })
             })
             .collect();
-        let registrations = Arc::new(registrations);
+        let snapshot = Snapshot { epoch: loaded_epoch, registrations: Arc::new(registrations) };
         let mut cached = self.cached.write().expect("registry lock");
-        if cached.as_ref().is_none_or(|(cached_epoch, _)| *cached_epoch < loaded_epoch) {
-            *cached = Some((loaded_epoch, registrations.clone()));
+        if cached.as_ref().is_none_or(|current| current.epoch < loaded_epoch) {
+            *cached = Some(snapshot.clone());
         }
-        Ok((loaded_epoch, registrations))
+        Ok(snapshot)
     }
 }

@@ -77,7 +77,7 @@ impl Store {
                 reports.push(incoming.clone());
             }
 
-            let (_, registrations) = self.registry.get(&self.pool, row.epoch).await?;
+            let registrations = self.registry.get(&self.pool, row.epoch).await?.registrations;
             let status = row.aggregate(Some(&reports), &registrations, now);
             let attention = needs_attention(&status, row.deletion_timestamp.is_some());
             let interval = if attention { self.schedule.attention_interval } else { self.schedule.stable_interval };

@@ -149,7 +149,7 @@ impl Store {
         if !row.kind().reconciled() {
             return Ok(row.into_cached_object());
         }
-        let (_, registrations) = self.registry.get(&mut *connection, row.epoch).await?;
+        let registrations = self.registry.get(&mut *connection, row.epoch).await?.registrations;
         let status = row.aggregate(None, &registrations, now_seconds());
         Ok(row.into_object(serde_json::to_value(status).expect("status serializes")))
     }
