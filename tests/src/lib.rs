@@ -31,9 +31,11 @@
 
 mod db;
 mod env;
+pub mod pubsub;
 mod server;
 
 pub use db::TestDb;
+pub use pubsub::PubSubEmulator;
 pub use server::PgServer;
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Wiring of the `cls` roles: flags, logging, shutdown, and the subcommands.
 
 mod postgres;
+mod reconciler;
 mod server;
 
 use std::net::SocketAddr;
@@ -8,6 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use reconciler::{PubSubArgs, ReconcilerArgs};
 
 /// CLS: a Kubernetes-style control plane for cluster lifecycle.
 #[derive(Debug, Parser)]
@@ -35,6 +38,8 @@ pub enum Command {
     Api(ApiArgs),
     /// Run the database migrations against DATABASE_URL and exit.
     Migrate(DatabaseArgs),
+    /// Run the reconciler (outbox relay and scheduler) against DATABASE_URL and Pub/Sub.
+    Reconciler(ReconcilerArgs),
 }
 
 #[derive(Debug, Args)]
@@ -78,6 +83,8 @@ pub struct UpArgs {
     pub home: Option<PathBuf>,
     #[command(flatten)]
     pub schedule: ScheduleArgs,
+    #[command(flatten)]
+    pub pubsub: PubSubArgs,
 }
 
 /// Installs the tracing subscriber (`RUST_LOG` filters; default `info`).
@@ -105,6 +112,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let schedule = schedule_config(&args.schedule);
             server::serve(&args.database.database_url, args.listen, schedule, shutdown).await
         }
+        Command::Reconciler(args) => reconciler::run(args, shutdown).await,
         Command::Up(args) => {
             let schedule = schedule_config(&args.schedule);
             let home = match args.home {
@@ -119,7 +127,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     (embedded.url(), Some(embedded))
                 }
             };
-            let served = server::serve(&database_url, args.listen, schedule, shutdown).await;
+            let serve = async {
+                let served = server::serve(&database_url, args.listen, schedule, shutdown.clone()).await;
+                shutdown.cancel();
+                served
+            };
+            let reconciler = reconciler::run_for_up(&database_url, &args.pubsub, &args.schedule, shutdown.clone());
+            let (served, reconciled) = tokio::join!(serve, reconciler);
+            if let Err(error) = reconciled {
+                tracing::error!(error = %error, "reconciler failed");
+            }
             if let Some(embedded) = embedded {
                 tokio::task::spawn_blocking(move || embedded.stop()).await?;
             }
