@@ -1,6 +1,7 @@
 //! The CLS API server: object storage in PostgreSQL and the HTTP API.
 
 pub mod http;
+pub mod kube;
 pub mod store;
 
 pub use http::{AppState, router};

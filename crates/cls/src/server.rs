@@ -76,8 +76,10 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let pool = pool(database_url)?;
     let store = cls_api::Store::new(pool.clone(), schedule);
-    let state = cls_api::AppState { store, migrated: Arc::new(AtomicBool::new(false)) };
+    let mut state = cls_api::AppState::new(store);
+    state.migrated = Arc::new(AtomicBool::new(false));
     let migrated = state.migrated.clone();
+    let feed = state.feed.clone();
     let app = cls_api::router(state);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener.local_addr()?;
@@ -87,8 +89,12 @@ pub async fn serve(
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future();
     let migrations = async {
         migrate_with_retries(&pool, &shutdown).await?;
+        if shutdown.is_cancelled() {
+            return anyhow::Ok(());
+        }
         migrated.store(true, Ordering::Release);
         tracing::info!("migrations applied; api ready");
+        feed.run(pool.clone(), shutdown.clone()).await;
         anyhow::Ok(())
     };
     let (served, migrated) = tokio::join!(server, migrations);

@@ -6,6 +6,7 @@
 
 pub mod aggregate;
 pub mod condition;
+pub mod crd;
 pub mod event;
 pub mod kind;
 pub mod manifest;

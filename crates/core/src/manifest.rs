@@ -95,6 +95,8 @@ pub struct MetadataInput {
     #[serde(default)]
     pub owner_references: Option<Vec<Value>>,
     #[serde(default)]
+    pub managed_fields: Option<Vec<Value>>,
+    #[serde(default)]
     pub resource_version: Option<String>,
 }
 
@@ -108,6 +110,8 @@ pub struct Manifest {
     pub annotations: BTreeMap<String, String>,
     pub finalizers: Vec<String>,
     pub owner_references: Vec<Value>,
+    /// `metadata.managedFields` when the request sets them (server-side apply does); `None` keeps the stored ones.
+    pub managed_fields: Option<Vec<Value>>,
     /// The client's `metadata.resourceVersion`, a precondition for updates.
     pub resource_version: Option<i64>,
     pub spec: Spec,
@@ -235,6 +239,7 @@ pub fn parse(kind: Kind, document: Value, expect: Expect<'_>) -> Result<Manifest
             annotations,
             finalizers,
             owner_references: metadata.owner_references.unwrap_or_default(),
+            managed_fields: metadata.managed_fields,
             resource_version,
             spec,
         }),

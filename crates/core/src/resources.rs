@@ -28,6 +28,7 @@ use crate::condition::Condition;
 #[serde(rename_all = "camelCase")]
 pub struct ClusterSpec {
     #[serde(default)]
+    #[schemars(required, extend("default" = null))]
     pub platform: Platform,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release: Option<Release>,
@@ -38,11 +39,13 @@ pub struct ClusterSpec {
 pub struct Platform {
     /// Lowercase platform name (`gcp`, `aws`, `azure`, `local`, `kubernetes`, or any other). Immutable.
     #[serde(rename = "type", default)]
+    #[schemars(required, extend("default" = null))]
     pub type_: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
     /// Free-form settings for the platform's controllers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
     pub config: Option<Value>,
 }
 
@@ -70,6 +73,7 @@ pub struct Release {
 pub struct ServiceSpec {
     /// The Cluster (same namespace) this Service belongs to. Immutable.
     #[serde(default)]
+    #[schemars(required, extend("default" = null))]
     pub cluster_ref: ClusterRef,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<RunSpec>,
@@ -85,6 +89,11 @@ pub struct ServiceSpec {
     pub depends_on: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
+}
+
+/// A free-form object: kept verbatim, described by no schema.
+fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "object", "nullable": true, "x-kubernetes-preserve-unknown-fields": true})
 }
 
 fn default_replicas() -> i64 {
@@ -263,6 +272,7 @@ pub struct ControllerReport {
     #[serde(default)]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
     pub data: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]

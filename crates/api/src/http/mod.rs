@@ -3,8 +3,8 @@
 
 pub mod body;
 pub mod error;
-mod query;
-mod rest;
+pub(crate) mod query;
+pub(crate) mod rest;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,12 +17,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::store::Store;
+use crate::store::feed::ChangeFeed;
 use error::ApiError;
 
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
+    /// The change feed behind watches and list resourceVersions; `run` it after the migrations.
+    pub feed: Arc<ChangeFeed>,
     /// False until the database is migrated: until then only `/healthz` answers 200, everything else 503.
     pub migrated: Arc<AtomicBool>,
 }
@@ -30,7 +33,12 @@ pub struct AppState {
 impl AppState {
     /// State for a store whose database is already migrated.
     pub fn new(store: Store) -> Self {
-        AppState { store, migrated: Arc::new(AtomicBool::new(true)) }
+        AppState { store, feed: Arc::new(ChangeFeed::new()), migrated: Arc::new(AtomicBool::new(true)) }
+    }
+
+    /// The resourceVersion a list about to be read may claim: every change up to it is visible to the list.
+    pub fn list_resource_version(&self) -> Option<i64> {
+        self.feed.is_running().then(|| self.feed.cursor())
     }
 }
 
@@ -48,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(rest::routes())
+        .merge(crate::kube::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))

@@ -7,6 +7,7 @@
 //! Reads fetch the row and, only when the cached aggregate is stale, the reports in the same statement; the fresh
 //! aggregate is then cached with a compare-and-set on `status_seq`, so a report racing a read is never lost.
 
+pub mod feed;
 mod object;
 pub mod read;
 mod registry;
@@ -94,11 +95,24 @@ impl StoreError {
         }
     }
 
-    /// Whether retrying the whole transaction can succeed (deadlock, serialization failure).
+    /// Whether retrying the whole transaction can succeed (deadlock, serialization failure, or the change feed
+    /// having declared this transaction's resourceVersion a gap).
     fn retryable(&self) -> bool {
-        matches!(self, StoreError::Database(sqlx::Error::Database(error))
-            if matches!(error.code().as_deref(), Some("40001" | "40P01")))
+        match self {
+            StoreError::Database(error) => {
+                is_watch_log_race(error)
+                    || matches!(error, sqlx::Error::Database(database)
+                        if matches!(database.code().as_deref(), Some("40001" | "40P01")))
+            }
+            _ => false,
+        }
     }
+}
+
+/// Whether the change feed filled this write's resourceVersion as a gap before the write logged it; the write
+/// is retried with a new resourceVersion.
+pub(crate) fn is_watch_log_race(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(database) if database.constraint() == Some("changes_pkey"))
 }
 
 /// Whether `error` means the database could not be reached (503) rather than refused the request.
@@ -144,11 +158,28 @@ pub struct Store {
     pool: sqlx::PgPool,
     schedule: ScheduleConfig,
     registry: RegistryCache,
+    /// Writes run to the end and roll back (`dryRun=All`).
+    dry_run: bool,
 }
 
 impl Store {
     pub fn new(pool: sqlx::PgPool, schedule: ScheduleConfig) -> Self {
-        Store { pool, schedule, registry: RegistryCache::default() }
+        Store { pool, schedule, registry: RegistryCache::default(), dry_run: false }
+    }
+
+    /// The same store with writes that validate, run and roll back, persisting nothing.
+    pub fn dry_run(&self) -> Store {
+        Store { dry_run: true, ..self.clone() }
+    }
+
+    /// Commits, or rolls back in a dry run.
+    async fn finish(&self, transaction: sqlx::Transaction<'_, sqlx::Postgres>) -> Result<()> {
+        if self.dry_run {
+            transaction.rollback().await?
+        } else {
+            transaction.commit().await?
+        }
+        Ok(())
     }
 
     pub fn pool(&self) -> &sqlx::PgPool {

@@ -157,6 +157,39 @@ fn timestamp(time: &DateTime<Utc>) -> Value {
 }
 
 impl StoredObject {
+    /// Reads back an object rendered by [`StoredObject::to_json`] (for watch events shown as Tables).
+    pub fn from_json(kind: Kind, object: &Value) -> Option<StoredObject> {
+        let metadata = &object["metadata"];
+        let time = |field: &str| {
+            metadata[field]
+                .as_str()
+                .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
+                .map(|time| time.with_timezone(&Utc))
+        };
+        fn owned<T: serde::de::DeserializeOwned + Default>(metadata: &Value, field: &str) -> T {
+            serde_json::from_value(metadata[field].clone()).unwrap_or_default()
+        }
+        Some(StoredObject {
+            kind,
+            uid: metadata["uid"].as_str()?.parse().ok()?,
+            namespace: metadata["namespace"].as_str().unwrap_or_default().to_owned(),
+            name: metadata["name"].as_str()?.to_owned(),
+            labels: owned(metadata, "labels"),
+            annotations: owned(metadata, "annotations"),
+            finalizers: owned(metadata, "finalizers"),
+            owner_references: owned(metadata, "ownerReferences"),
+            managed_fields: owned(metadata, "managedFields"),
+            spec: object["spec"].clone(),
+            generation: metadata["generation"].as_i64().unwrap_or(1),
+            resource_version: metadata["resourceVersion"].as_str()?.parse().ok()?,
+            platform: String::new(),
+            cluster_name: None,
+            creation_timestamp: time("creationTimestamp")?,
+            deletion_timestamp: time("deletionTimestamp"),
+            status: object["status"].clone(),
+        })
+    }
+
     pub fn deleting(&self) -> bool {
         self.deletion_timestamp.is_some()
     }

@@ -81,7 +81,12 @@ impl Store {
             let status = row.aggregate(Some(&reports), &registrations, now);
             let attention = needs_attention(&status, row.deletion_timestamp.is_some());
             let interval = if attention { self.schedule.attention_interval } else { self.schedule.stable_interval };
-            let written: Option<(i64, i64)> = sqlx::query_as(
+            let status_seq = row.status_seq;
+            let mut object = row.into_object(serde_json::to_value(&status).expect("status serializes"));
+            if self.dry_run {
+                return Ok(object);
+            }
+            let written = sqlx::query_as::<_, (i64, i64)>(
                 "with obj as (
                      update objects set resource_version = nextval('resource_version_seq'),
                          status_seq = status_seq + 1, updated_at = now()
@@ -103,11 +108,16 @@ impl Store {
                          next_at = case when s.attention = $8 then s.next_at
                                         else now() + make_interval(secs => $9) end,
                          updated_at = now()
-                     from obj where s.uid = obj.uid and s.attention <> $8)
+                     from obj where s.uid = obj.uid and s.attention <> $8),
+                 change as (
+                     insert into changes (resource_version, event_type, kind, namespace, uid, object)
+                     select obj.resource_version, 'MODIFIED', obj.kind, obj.namespace, obj.uid,
+                            jsonb_set($10, '{metadata,resourceVersion}', to_jsonb(obj.resource_version::text))
+                     from obj)
                  select resource_version, status_seq from obj",
             )
             .bind(uid)
-            .bind(row.status_seq)
+            .bind(status_seq)
             .bind(&incoming.controller)
             .bind(incoming.observed_generation)
             .bind(Json(&incoming.conditions))
@@ -115,12 +125,16 @@ impl Store {
             .bind(Uuid::new_v4())
             .bind(attention)
             .bind(interval_seconds(interval))
+            .bind(Json(object.to_json()))
             .fetch_optional(&self.pool)
-            .await?;
+            .await;
+            let written = match written {
+                Err(error) if super::is_watch_log_race(&error) => continue,
+                other => other?,
+            };
             let Some((resource_version, _)) = written else {
                 continue;
             };
-            let mut object = row.into_object(serde_json::to_value(&status).expect("status serializes"));
             object.resource_version = resource_version;
             return Ok(object);
         }

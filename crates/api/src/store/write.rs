@@ -32,7 +32,8 @@ impl Store {
             let mut transaction = self.pool.begin().await?;
             let uid = self.insert(&mut transaction, manifest, false).await?;
             let object = self.render(&mut transaction, uid).await?;
-            transaction.commit().await?;
+            record_change(&mut transaction, "ADDED", &object).await?;
+            self.finish(transaction).await?;
             Ok(object)
         })
         .await
@@ -55,7 +56,9 @@ impl Store {
                     (self.render(&mut transaction, current.uid).await?, Change::Updated)
                 }
             };
-            transaction.commit().await?;
+            let event = if object.1 == Change::Created { "ADDED" } else { "MODIFIED" };
+            record_change(&mut transaction, event, &object.0).await?;
+            self.finish(transaction).await?;
             Ok(object)
         })
         .await
@@ -88,8 +91,9 @@ impl Store {
                 return Ok(Ok((self.get(kind, &ObjectKey::Uid(current.uid)).await?, change)));
             }
             let object = self.render(&mut transaction, current.uid).await?;
+            record_change(&mut transaction, "MODIFIED", &object).await?;
             self.finalize_if_done(&mut transaction, current.uid).await?;
-            transaction.commit().await?;
+            self.finish(transaction).await?;
             Ok(Ok((object, change)))
         })
         .await
@@ -112,7 +116,7 @@ impl Store {
                     }
                 }
                 self.remove(&mut transaction, uid).await?;
-                transaction.commit().await?;
+                self.finish(transaction).await?;
                 return Ok(object);
             }
             if row.deletion_timestamp.is_none() {
@@ -126,7 +130,7 @@ impl Store {
                 }
             }
             self.finalize_if_done(&mut transaction, uid).await?;
-            transaction.commit().await?;
+            self.finish(transaction).await?;
             Ok(object)
         })
         .await
@@ -194,8 +198,8 @@ impl Store {
         let uid = Uuid::new_v4();
         let inserted: Option<(Uuid,)> = sqlx::query_as(
             "insert into objects (uid, kind, namespace, name, labels, annotations, finalizers, owner_references,
-                 spec, generation, resource_version, platform, cluster_name, status)
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, nextval('resource_version_seq'), $10, $11, $12)
+                 spec, generation, resource_version, platform, cluster_name, status, managed_fields)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, nextval('resource_version_seq'), $10, $11, $12, $13)
              on conflict (kind, namespace, name) do nothing
              returning uid",
         )
@@ -211,6 +215,7 @@ impl Store {
         .bind(&platform)
         .bind(&cluster_name)
         .bind(status)
+        .bind(Json(manifest.managed_fields.clone().unwrap_or_default()))
         .fetch_optional(&mut *connection)
         .await?;
         if inserted.is_none() {
@@ -281,10 +286,12 @@ impl Store {
         }
         let spec = desired.spec.to_value();
         let spec_changed = spec != current.spec;
+        let managed_fields = desired.managed_fields.as_ref().unwrap_or(&current.managed_fields);
         let metadata_changed = desired.labels != current.labels
             || desired.annotations != current.annotations
             || desired.finalizers != current.finalizers
-            || owner_references != current.owner_references;
+            || owner_references != current.owner_references
+            || *managed_fields != current.managed_fields;
         if !spec_changed && !metadata_changed && !heartbeat {
             return Ok(Change::Unchanged);
         }
@@ -293,7 +300,7 @@ impl Store {
             "update objects set labels = $2, annotations = $3, finalizers = $4, owner_references = $5, spec = $6,
                  generation = generation + $7, status_seq = status_seq + $7,
                  resource_version = nextval('resource_version_seq'),
-                 status = coalesce($8, status), updated_at = now()
+                 status = coalesce($8, status), managed_fields = $9, updated_at = now()
              where uid = $1",
         )
         .bind(current.uid)
@@ -304,6 +311,7 @@ impl Store {
         .bind(Json(&spec))
         .bind(i64::from(spec_changed))
         .bind(status)
+        .bind(Json(managed_fields))
         .execute(&mut *connection)
         .await?;
         if spec_changed && kind.reconciled() {
@@ -330,6 +338,8 @@ impl Store {
         if marked.rows_affected() == 1 {
             self.record_event(&mut *connection, uid, EventKind::Deleting).await?;
             self.schedule(&mut *connection, uid, true).await?;
+            let object = self.render(&mut *connection, uid).await?;
+            record_change(&mut *connection, "MODIFIED", &object).await?;
         }
         Ok(())
     }
@@ -368,6 +378,7 @@ impl Store {
 
     /// Removes the row and writes the `deleted` event (its tombstone takes a resourceVersion of its own).
     async fn remove(&self, connection: &mut PgConnection, uid: Uuid) -> Result<()> {
+        let mut last = self.render(&mut *connection, uid).await?;
         let removed: Option<(String, String, i64)> = sqlx::query_as(
             "with gone as (delete from objects where uid = $1
                            returning uid, kind, namespace, name, generation, platform),
@@ -381,9 +392,12 @@ impl Store {
         .bind(Uuid::new_v4())
         .fetch_optional(&mut *connection)
         .await?;
-        if let Some((kind, name, _tombstone_version)) = removed
-            && kind == Kind::Controller.as_str()
-        {
+        let Some((kind, name, tombstone_version)) = removed else {
+            return Ok(());
+        };
+        last.resource_version = tombstone_version;
+        record_change(&mut *connection, "DELETED", &last).await?;
+        if kind == Kind::Controller.as_str() {
             sync_registration(connection, None, &name).await?;
         }
         Ok(())
@@ -433,6 +447,23 @@ impl Store {
         .await?;
         Ok(())
     }
+}
+
+/// Writes the watch log row of a change: the object as it is after the change, under its resourceVersion.
+pub(crate) async fn record_change(connection: &mut PgConnection, event: &str, object: &StoredObject) -> Result<()> {
+    sqlx::query(
+        "insert into changes (resource_version, event_type, kind, namespace, uid, object)
+         values ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(object.resource_version)
+    .bind(event)
+    .bind(object.kind.as_str())
+    .bind(&object.namespace)
+    .bind(object.uid)
+    .bind(Json(object.to_json()))
+    .execute(connection)
+    .await?;
+    Ok(())
 }
 
 fn key_name(key: &ObjectKey) -> String {

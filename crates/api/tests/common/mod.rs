@@ -23,7 +23,9 @@ impl TestApi {
     pub async fn start_with(schedule: ScheduleConfig) -> TestApi {
         let db = TestDb::new(&MIGRATOR).await;
         let store = Store::new(db.pool.clone(), schedule);
-        let app = cls_api::router(AppState::new(store.clone()));
+        let state = AppState::new(store.clone());
+        tokio::spawn(state.feed.clone().run(db.pool.clone(), tokio_util::sync::CancellationToken::new()));
+        let app = cls_api::router(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let base = format!("http://{}", listener.local_addr().expect("local address"));
         tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
@@ -50,7 +52,12 @@ impl TestApi {
         self.send(self.client.post(self.url(path)).json(body)).await
     }
 
-    pub async fn post_raw(&self, path: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, Value) {
         self.send(self.client.post(self.url(path)).header("content-type", content_type).body(body)).await
     }
 
@@ -91,8 +98,9 @@ impl TestApi {
 
     /// Registers a controller (panics unless 200/201).
     pub async fn register(&self, name: &str, kinds: &[&str], platforms: &[&str]) -> Value {
-        let (status, body) =
-            self.put(&format!("/api/v1/controllers/{name}"), &json!({"spec": {"kinds": kinds, "platforms": platforms}})).await;
+        let (status, body) = self
+            .put(&format!("/api/v1/controllers/{name}"), &json!({"spec": {"kinds": kinds, "platforms": platforms}}))
+            .await;
         assert!(status == StatusCode::CREATED || status == StatusCode::OK, "{status} {body}");
         body
     }

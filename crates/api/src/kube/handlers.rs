@@ -1,0 +1,518 @@
+//! Handlers of `/apis/cls.dev/v1alpha1`: each route shape (all namespaces or cluster-scoped, namespaced; collection,
+//! item, status) resolves to a [`Target`], and one function per verb serves them all.
+
+use std::sync::Mutex;
+
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::header::{ACCEPT, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use cls_core::manifest::{self, Expect};
+use cls_core::resources::ControllerReport;
+use cls_core::{GROUP, Kind, VERSION};
+use serde_json::{Value, json};
+
+use super::apply::apply;
+use super::discovery;
+use super::fields::{FieldValidation, unknown_fields};
+use super::openapi;
+use super::params::KubeParams;
+use super::table::{IncludeObject, TABLE_CONTENT_TYPE, table, wants_table};
+use crate::http::AppState;
+use crate::http::body::Body;
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::rest::{Patch, parse_manifest};
+use crate::store::{ObjectKey, Store, StoreError, StoredObject};
+
+pub fn routes() -> Router<AppState> {
+    let base = format!("/apis/{GROUP}/{VERSION}");
+    Router::new()
+        .route("/version", get(discovery::version))
+        .route("/api", get(discovery::core_versions))
+        .route("/api/v1", get(discovery::core_resources))
+        .route("/apis", get(discovery::groups))
+        .route(&base, get(discovery::group_resources))
+        .route("/openapi/v3", get(openapi::index))
+        .route(&format!("/openapi/v3/apis/{GROUP}/{VERSION}"), get(openapi::group))
+        .route("/openapi/v2", get(openapi::v2))
+        .route(&format!("{base}/{{plural}}"), get(cluster_collection_get).post(cluster_collection_post))
+        .route(
+            &format!("{base}/{{plural}}/{{name}}"),
+            get(cluster_item_get).put(cluster_item_put).patch(cluster_item_patch).delete(cluster_item_delete),
+        )
+        .route(
+            &format!("{base}/{{plural}}/{{name}}/status"),
+            get(cluster_item_get).put(cluster_status_put).patch(cluster_status_patch),
+        )
+        .route(&format!("{base}/namespaces/{{namespace}}/{{plural}}"), get(collection_get).post(collection_post))
+        .route(
+            &format!("{base}/namespaces/{{namespace}}/{{plural}}/{{name}}"),
+            get(item_get).put(item_put).patch(item_patch).delete(item_delete),
+        )
+        .route(
+            &format!("{base}/namespaces/{{namespace}}/{{plural}}/{{name}}/status"),
+            get(item_get).put(status_put).patch(status_patch),
+        )
+}
+
+/// What a request addresses.
+#[derive(Clone, Debug)]
+struct Target {
+    kind: Kind,
+    /// `None` on a cluster-wide path: all namespaces (lists) or a cluster-scoped kind.
+    namespace: Option<String>,
+}
+
+impl Target {
+    fn resolve(plural: &str, namespace: Option<String>) -> ApiResult<Target> {
+        let kind = Kind::from_plural(plural).ok_or_else(|| {
+            ApiError::not_found(format!("the server could not find the requested resource ({plural}.{GROUP})"))
+        })?;
+        if namespace.is_some() && !kind.namespaced() {
+            return Err(ApiError::not_found(format!("{plural}.{GROUP} is cluster-scoped")));
+        }
+        Ok(Target { kind, namespace })
+    }
+
+    /// For items and creates: namespaced kinds need a namespace in the path.
+    fn require_scope(&self) -> ApiResult<()> {
+        if self.kind.namespaced() && self.namespace.is_none() {
+            return Err(ApiError::not_found(format!(
+                "the server could not find the requested resource: {}.{GROUP} is namespaced",
+                self.kind.plural()
+            )));
+        }
+        Ok(())
+    }
+
+    fn key(&self, name: &str) -> ObjectKey {
+        ObjectKey::name(self.namespace.clone().unwrap_or_default(), name)
+    }
+}
+
+/// A JSON response with optional `Warning` headers.
+fn respond(code: StatusCode, body: Value, warnings: &[String]) -> Response {
+    let mut response = (code, axum::Json(body)).into_response();
+    for warning in warnings {
+        let text = format!("299 - {}", serde_json::to_string(warning).unwrap_or_default());
+        if let Ok(value) = HeaderValue::from_str(&text) {
+            response.headers_mut().append("warning", value);
+        }
+    }
+    response
+}
+
+fn accept(headers: &HeaderMap) -> Option<&str> {
+    headers.get(ACCEPT).and_then(|value| value.to_str().ok())
+}
+
+/// The object, or a one-row Table when kubectl asked for one.
+fn object_response(
+    code: StatusCode,
+    object: &StoredObject,
+    headers: &HeaderMap,
+    params: &KubeParams,
+    warnings: &[String],
+) -> Response {
+    if wants_table(accept(headers)) {
+        let metadata = json!({"resourceVersion": object.resource_version.to_string()});
+        let body = table(
+            object.kind,
+            std::slice::from_ref(object),
+            metadata,
+            IncludeObject::parse(params.include_object.as_deref()),
+        );
+        let mut response = respond(code, body, warnings);
+        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(TABLE_CONTENT_TYPE));
+        return response;
+    }
+    respond(code, object.to_json(), warnings)
+}
+
+fn store_for(state: &AppState, params: &KubeParams) -> ApiResult<Store> {
+    Ok(if params.dry_run()? { state.store.dry_run() } else { state.store.clone() })
+}
+
+/// Unknown fields of `document` under the requested `fieldValidation`: an error when Strict, warnings when Warn.
+fn check_fields(kind: Kind, document: &Value, params: &KubeParams) -> ApiResult<Vec<String>> {
+    let validation = FieldValidation::parse(params.field_validation.as_deref()).map_err(ApiError::bad_request)?;
+    if validation == FieldValidation::Ignore {
+        return Ok(Vec::new());
+    }
+    let unknown: Vec<String> =
+        unknown_fields(kind, document).into_iter().map(|field| format!("unknown field \"{field}\"")).collect();
+    if validation == FieldValidation::Strict && !unknown.is_empty() {
+        return Err(ApiError::bad_request(format!("strict decoding error: {}", unknown.join(", "))));
+    }
+    Ok(unknown)
+}
+
+// ----- route shapes -----
+
+async fn collection_get(
+    State(state): State<AppState>,
+    Path((namespace, plural)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    list(state, Target::resolve(&plural, Some(namespace))?, raw, headers).await
+}
+
+async fn cluster_collection_get(
+    State(state): State<AppState>,
+    Path(plural): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    list(state, Target::resolve(&plural, None)?, raw, headers).await
+}
+
+async fn collection_post(
+    State(state): State<AppState>,
+    Path((namespace, plural)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    create(state, Target::resolve(&plural, Some(namespace))?, raw, headers, body).await
+}
+
+async fn cluster_collection_post(
+    State(state): State<AppState>,
+    Path(plural): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    create(state, Target::resolve(&plural, None)?, raw, headers, body).await
+}
+
+async fn item_get(
+    State(state): State<AppState>,
+    Path((namespace, plural, name)): Path<(String, String, String)>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    read(state, Target::resolve(&plural, Some(namespace))?, name, raw, headers).await
+}
+
+async fn cluster_item_get(
+    State(state): State<AppState>,
+    Path((plural, name)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    read(state, Target::resolve(&plural, None)?, name, raw, headers).await
+}
+
+async fn item_put(
+    State(state): State<AppState>,
+    Path((namespace, plural, name)): Path<(String, String, String)>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    replace(state, Target::resolve(&plural, Some(namespace))?, name, raw, headers, body).await
+}
+
+async fn cluster_item_put(
+    State(state): State<AppState>,
+    Path((plural, name)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    replace(state, Target::resolve(&plural, None)?, name, raw, headers, body).await
+}
+
+async fn item_patch(
+    State(state): State<AppState>,
+    Path((namespace, plural, name)): Path<(String, String, String)>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    patch(state, Target::resolve(&plural, Some(namespace))?, name, raw, headers, body).await
+}
+
+async fn cluster_item_patch(
+    State(state): State<AppState>,
+    Path((plural, name)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    patch(state, Target::resolve(&plural, None)?, name, raw, headers, body).await
+}
+
+async fn item_delete(
+    State(state): State<AppState>,
+    Path((namespace, plural, name)): Path<(String, String, String)>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    delete(state, Target::resolve(&plural, Some(namespace))?, name, raw, headers).await
+}
+
+async fn cluster_item_delete(
+    State(state): State<AppState>,
+    Path((plural, name)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    delete(state, Target::resolve(&plural, None)?, name, raw, headers).await
+}
+
+async fn status_put(
+    State(state): State<AppState>,
+    Path((namespace, plural, name)): Path<(String, String, String)>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    write_status(state, Target::resolve(&plural, Some(namespace))?, name, raw, headers, body, false).await
+}
+
+async fn cluster_status_put(
+    State(state): State<AppState>,
+    Path((plural, name)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    write_status(state, Target::resolve(&plural, None)?, name, raw, headers, body, false).await
+}
+
+async fn status_patch(
+    State(state): State<AppState>,
+    Path((namespace, plural, name)): Path<(String, String, String)>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    write_status(state, Target::resolve(&plural, Some(namespace))?, name, raw, headers, body, true).await
+}
+
+async fn cluster_status_patch(
+    State(state): State<AppState>,
+    Path((plural, name)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    write_status(state, Target::resolve(&plural, None)?, name, raw, headers, body, true).await
+}
+
+// ----- verbs -----
+
+async fn list(state: AppState, target: Target, raw: Option<String>, headers: HeaderMap) -> ApiResult<Response> {
+    let params = KubeParams::parse(raw.as_deref())?;
+    let mut query = params.list_params().list_query(target.kind)?;
+    query.namespace = target.namespace.clone();
+    if params.watch()? {
+        return super::watch::watch(state, target.kind, query, params, wants_table(accept(&headers))).await;
+    }
+    let safe_version = state.list_resource_version();
+    let page = state.store.list(target.kind, &query).await?;
+    let version = safe_version.unwrap_or(page.resource_version);
+    let mut metadata = json!({"resourceVersion": version.to_string()});
+    if let Some(token) = &page.continue_token {
+        metadata["continue"] = json!(token);
+    }
+    if wants_table(accept(&headers)) {
+        let body = table(target.kind, &page.items, metadata, IncludeObject::parse(params.include_object.as_deref()));
+        let mut response = axum::Json(body).into_response();
+        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(TABLE_CONTENT_TYPE));
+        return Ok(response);
+    }
+    let items: Vec<Value> = page.items.iter().map(StoredObject::to_json).collect();
+    Ok(axum::Json(json!({
+        "apiVersion": cls_core::API_VERSION, "kind": target.kind.list_kind(), "metadata": metadata, "items": items,
+    }))
+    .into_response())
+}
+
+async fn create(
+    state: AppState,
+    target: Target,
+    raw: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    target.require_scope()?;
+    let params = KubeParams::parse(raw.as_deref())?;
+    let document = body.document()?;
+    let warnings = check_fields(target.kind, &document, &params)?;
+    let expect = Expect { namespace: target.namespace.as_deref(), name: None };
+    let manifest = parse_manifest(target.kind, document, expect)?;
+    let created = store_for(&state, &params)?.create(&manifest).await?;
+    Ok(object_response(StatusCode::CREATED, &created, &headers, &params, &warnings))
+}
+
+async fn read(
+    state: AppState,
+    target: Target,
+    name: String,
+    raw: Option<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    target.require_scope()?;
+    let params = KubeParams::parse(raw.as_deref())?;
+    let object = state.store.get(target.kind, &target.key(&name)).await?;
+    Ok(object_response(StatusCode::OK, &object, &headers, &params, &[]))
+}
+
+async fn replace(
+    state: AppState,
+    target: Target,
+    name: String,
+    raw: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    target.require_scope()?;
+    let params = KubeParams::parse(raw.as_deref())?;
+    let document = body.document()?;
+    let warnings = check_fields(target.kind, &document, &params)?;
+    let expect = Expect { namespace: target.namespace.as_deref(), name: Some(&name) };
+    let manifest = parse_manifest(target.kind, document, expect)?;
+    let (updated, _) = store_for(&state, &params)?
+        .update(target.kind, &target.key(&name), |_| Ok::<_, ApiError>(manifest.clone()))
+        .await??;
+    Ok(object_response(StatusCode::OK, &updated, &headers, &params, &warnings))
+}
+
+async fn patch(
+    state: AppState,
+    target: Target,
+    name: String,
+    raw: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    target.require_scope()?;
+    let params = KubeParams::parse(raw.as_deref())?;
+    let store = store_for(&state, &params)?;
+    let key = target.key(&name);
+    let expect = Expect { namespace: target.namespace.as_deref(), name: Some(&name) };
+    let warnings = Mutex::new(Vec::new());
+    if body.media_type == "application/apply-patch+yaml" {
+        let manager =
+            params.field_manager.clone().filter(|manager| !manager.is_empty()).ok_or_else(|| {
+                ApiError::bad_request("PATCH of type application/apply-patch+yaml requires fieldManager")
+            })?;
+        let applied = body.document()?;
+        *warnings.lock().expect("warnings") = check_fields(target.kind, &applied, &params)?;
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let updated = store
+            .update(target.kind, &key, |current| {
+                parse_manifest(target.kind, apply(Some(&current.to_json()), &applied, &manager, &now), expect)
+            })
+            .await;
+        let warnings = warnings.into_inner().expect("warnings");
+        return match updated {
+            Ok(result) => {
+                let (object, _) = result?;
+                Ok(object_response(StatusCode::OK, &object, &headers, &params, &warnings))
+            }
+            Err(StoreError::NotFound { .. }) => {
+                let manifest = parse_manifest(target.kind, apply(None, &applied, &manager, &now), expect)?;
+                let created = store.create(&manifest).await?;
+                Ok(object_response(StatusCode::CREATED, &created, &headers, &params, &warnings))
+            }
+            Err(error) => Err(error.into()),
+        };
+    }
+    let patch = match body.media_type.as_str() {
+        "application/json" => return Err(ApiError::unsupported_media_type(&body.media_type)),
+        _ => Patch::parse(&body)?,
+    };
+    let (updated, _) = store
+        .update(target.kind, &key, |current| {
+            let patched = patch.apply(current.to_json())?;
+            *warnings.lock().expect("warnings") = check_fields(target.kind, &patched, &params)?;
+            parse_manifest(target.kind, patched, expect)
+        })
+        .await??;
+    let warnings = warnings.into_inner().expect("warnings");
+    Ok(object_response(StatusCode::OK, &updated, &headers, &params, &warnings))
+}
+
+async fn delete(
+    state: AppState,
+    target: Target,
+    name: String,
+    raw: Option<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    target.require_scope()?;
+    let params = KubeParams::parse(raw.as_deref())?;
+    let deleted = store_for(&state, &params)?.delete(target.kind, &target.key(&name), false).await?;
+    Ok(object_response(StatusCode::OK, &deleted, &headers, &params, &[]))
+}
+
+/// PUT or PATCH of `/status`: each `status.controllers[]` entry that differs from the stored one is a controller
+/// report; the aggregate fields are read-only and ignored.
+async fn write_status(
+    state: AppState,
+    target: Target,
+    name: String,
+    raw: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+    is_patch: bool,
+) -> ApiResult<Response> {
+    target.require_scope()?;
+    if !target.kind.reconciled() {
+        return Err(ApiError::method_not_allowed());
+    }
+    let params = KubeParams::parse(raw.as_deref())?;
+    let store = store_for(&state, &params)?;
+    let current = state.store.get(target.kind, &target.key(&name)).await?;
+    let current_json = current.to_json();
+    let document = if is_patch {
+        match body.media_type.as_str() {
+            "application/apply-patch+yaml" => {
+                let mut merged = current_json.clone();
+                json_patch::merge(&mut merged, &body.document()?);
+                merged
+            }
+            "application/json" => return Err(ApiError::unsupported_media_type(&body.media_type)),
+            _ => Patch::parse(&body)?.apply(current_json.clone())?,
+        }
+    } else {
+        body.document()?
+    };
+    if let Some(version) = document["metadata"]["resourceVersion"].as_str()
+        && !version.is_empty()
+        && version != current.resource_version.to_string()
+    {
+        return Err(StoreError::stale(target.kind, &name).into());
+    }
+    let entries = document["status"]["controllers"].as_array().cloned().unwrap_or_default();
+    let stored = current_json["status"]["controllers"].as_array().cloned().unwrap_or_default();
+    let mut latest = current;
+    for (index, entry) in entries.into_iter().enumerate() {
+        let unchanged = stored.iter().any(|stored| same_report(stored, &entry));
+        if unchanged {
+            continue;
+        }
+        let report: ControllerReport = manifest::typed(&format!("status.controllers[{index}]"), entry)
+            .map_err(|error| ApiError::invalid(target.kind, &name, &[error]))?;
+        latest = store.report(target.kind, latest.uid, report).await?;
+    }
+    Ok(object_response(StatusCode::OK, &latest, &headers, &params, &[]))
+}
+
+fn same_report(stored: &Value, entry: &Value) -> bool {
+    let strip = |value: &Value| {
+        let mut value = value.clone();
+        if let Some(fields) = value.as_object_mut() {
+            fields.remove("lastReportTime");
+        }
+        value
+    };
+    strip(stored) == strip(entry)
+}

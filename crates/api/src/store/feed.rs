@@ -1,0 +1,241 @@
+//! The change feed: one task per process reads the watch log (`changes`) in resourceVersion order and fans every
+//! change out in memory to any number of watchers; a watch costs no query per event.
+//!
+//! Order: resourceVersions come from a sequence, and transactions commit out of order, so the log can show 12
+//! before 11 commits. The feed never skips: at a gap it waits briefly, then inserts a `GAP` row for the missing
+//! number. That insert waits on the unique index while the transaction holding the number is still open, and fails
+//! quietly (`on conflict do nothing`) once it committed its row; if that transaction rolled back, the `GAP` row takes
+//! its place; if it has not logged yet, its own insert later fails and the store retries it with a new number.
+//! Either way the feed resumes in exact order.
+//!
+//! Retention: the last [`BUFFER`] changes stay in memory; a watch from an older resourceVersion gets 410 Expired
+//! and the client relists. Log rows older than [`RETENTION`] are pruned.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::postgres::PgListener;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::Result;
+
+/// Changes kept in memory for watches that resume.
+pub const BUFFER: usize = 20_000;
+/// Age after which log rows are pruned.
+pub const RETENTION: Duration = Duration::from_secs(15 * 60);
+/// How long a gap may stay open before the feed resolves it.
+const GAP_GRACE: Duration = Duration::from_millis(30);
+
+/// One change, as watchers receive it.
+#[derive(Clone, Debug)]
+pub struct Change {
+    pub resource_version: i64,
+    /// `ADDED`, `MODIFIED` or `DELETED`.
+    pub event_type: String,
+    pub kind: String,
+    pub namespace: String,
+    pub uid: Option<Uuid>,
+    pub object: Value,
+}
+
+#[derive(sqlx::FromRow)]
+struct ChangeRow {
+    resource_version: i64,
+    event_type: String,
+    kind: String,
+    namespace: String,
+    uid: Option<Uuid>,
+    object: Option<sqlx::types::Json<Value>>,
+}
+
+/// What a watcher starts with: the buffered changes it missed, then the live ones.
+pub struct Subscription {
+    pub backlog: Vec<Arc<Change>>,
+    pub live: broadcast::Receiver<Arc<Change>>,
+}
+
+/// A watch that resumes too far back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expired {
+    pub oldest: i64,
+}
+
+#[derive(Default)]
+struct Buffer {
+    /// Every resourceVersion after this one is in `changes` (or was a gap).
+    start: i64,
+    changes: VecDeque<Arc<Change>>,
+}
+
+/// The fan-out side of the feed.
+pub struct ChangeFeed {
+    cursor: AtomicI64,
+    started: AtomicI64,
+    buffer: RwLock<Buffer>,
+    sender: broadcast::Sender<Arc<Change>>,
+}
+
+impl Default for ChangeFeed {
+    fn default() -> Self {
+        ChangeFeed::new()
+    }
+}
+
+impl ChangeFeed {
+    pub fn new() -> Self {
+        let (sender, _) = broadcast::channel(4096);
+        ChangeFeed { cursor: AtomicI64::new(0), started: AtomicI64::new(0), buffer: RwLock::default(), sender }
+    }
+
+    /// Whether the feed has read its starting point.
+    pub fn is_running(&self) -> bool {
+        self.started.load(Ordering::Acquire) == 1
+    }
+
+    /// The resourceVersion up to which every change has been fanned out. A list whose query starts after this was
+    /// read sees every one of them, so this is a safe resourceVersion for the list.
+    pub fn cursor(&self) -> i64 {
+        self.cursor.load(Ordering::Acquire)
+    }
+
+    /// The buffered changes after `resource_version` and a receiver for the ones that follow, with nothing lost or
+    /// repeated between the two.
+    pub fn subscribe_from(&self, resource_version: i64) -> Result<Subscription, Expired> {
+        let buffer = self.buffer.read().expect("feed buffer lock");
+        let oldest =
+            buffer.changes.front().map(|change| change.resource_version - 1).unwrap_or(buffer.start).max(buffer.start);
+        if resource_version < oldest {
+            return Err(Expired { oldest });
+        }
+        let receiver = self.sender.subscribe();
+        let backlog =
+            buffer.changes.iter().filter(|change| change.resource_version > resource_version).cloned().collect();
+        Ok(Subscription { backlog, live: receiver })
+    }
+
+    fn publish(&self, change: Option<Change>, resource_version: i64) {
+        let mut buffer = self.buffer.write().expect("feed buffer lock");
+        if let Some(change) = change {
+            let change = Arc::new(change);
+            buffer.changes.push_back(change.clone());
+            if buffer.changes.len() > BUFFER
+                && let Some(dropped) = buffer.changes.pop_front()
+            {
+                buffer.start = dropped.resource_version;
+            }
+            let _ = self.sender.send(change);
+        }
+        self.cursor.store(resource_version, Ordering::Release);
+    }
+
+    /// Reads the log until `shutdown`. Start it once per process, after the migrations.
+    pub async fn run(self: Arc<Self>, pool: sqlx::PgPool, shutdown: CancellationToken) {
+        loop {
+            match self.clone().follow(&pool, &shutdown).await {
+                Ok(()) => break,
+                Err(error) => {
+                    tracing::warn!(error = %error, "change feed interrupted; resuming");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+            }
+        }
+        tracing::info!("change feed stopped");
+    }
+
+    async fn follow(self: Arc<Self>, pool: &sqlx::PgPool, shutdown: &CancellationToken) -> Result<()> {
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener.listen("cls_changes").await?;
+        if !self.is_running() {
+            let (start,): (i64,) =
+                sqlx::query_as("select coalesce(max(resource_version), 0) from changes").fetch_one(pool).await?;
+            self.buffer.write().expect("feed buffer lock").start = start;
+            self.cursor.store(start, Ordering::Release);
+            self.started.store(1, Ordering::Release);
+            tracing::info!(resource_version = start, "change feed started");
+        }
+        let mut gap_since: Option<(i64, tokio::time::Instant)> = None;
+        let mut last_prune = tokio::time::Instant::now();
+        loop {
+            let cursor = self.cursor();
+            let rows: Vec<ChangeRow> = sqlx::query_as(
+                "select resource_version, event_type, kind, namespace, uid, object from changes
+                 where resource_version > $1 order by resource_version limit 1000",
+            )
+            .bind(cursor)
+            .fetch_all(pool)
+            .await?;
+            let mut next = cursor + 1;
+            let mut gap = None;
+            for row in rows {
+                if row.resource_version != next {
+                    gap = Some(next);
+                    break;
+                }
+                let change = (row.event_type != "GAP").then(|| Change {
+                    resource_version: row.resource_version,
+                    event_type: row.event_type,
+                    kind: row.kind,
+                    namespace: row.namespace,
+                    uid: row.uid,
+                    object: row.object.map(|object| object.0).unwrap_or(Value::Null),
+                });
+                self.publish(change, row.resource_version);
+                next += 1;
+            }
+            if let Some(missing) = gap {
+                match gap_since {
+                    Some((version, since)) if version == missing && since.elapsed() >= GAP_GRACE => {
+                        fill_gap(pool, missing).await?;
+                        gap_since = None;
+                    }
+                    Some((version, _)) if version == missing => tokio::time::sleep(Duration::from_millis(5)).await,
+                    _ => gap_since = Some((missing, tokio::time::Instant::now())),
+                }
+                continue;
+            }
+            if next > cursor + 1 {
+                continue; // a full page: read on
+            }
+            if last_prune.elapsed() > Duration::from_secs(60) {
+                sqlx::query("delete from changes where created_at < now() - make_interval(secs => $1)")
+                    .bind(RETENTION.as_secs_f64())
+                    .execute(pool)
+                    .await?;
+                last_prune = tokio::time::Instant::now();
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                notification = listener.recv() => { notification?; }
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
+
+/// Resolves a missing resourceVersion: waits for the transaction holding it (if it logged already) or takes the
+/// number away from it (if it has not), in which case that transaction retries with a new one.
+async fn fill_gap(pool: &sqlx::PgPool, resource_version: i64) -> Result<()> {
+    let mut transaction = pool.begin().await?;
+    sqlx::query("set local lock_timeout = '10s'").execute(&mut *transaction).await?;
+    let filled = sqlx::query(
+        "insert into changes (resource_version, event_type) values ($1, 'GAP') on conflict (resource_version) do nothing",
+    )
+    .bind(resource_version)
+    .execute(&mut *transaction)
+    .await;
+    match filled {
+        Ok(_) => transaction.commit().await?,
+        // still held by a long transaction: try again on the next round
+        Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("55P03") => {}
+        Err(error) => return Err(error.into()),
+    }
+    Ok(())
+}

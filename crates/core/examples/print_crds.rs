@@ -1,0 +1,3 @@
+fn main() {
+    print!("{}", cls_core::crd::crds_yaml());
+}
