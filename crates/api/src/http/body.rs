@@ -20,14 +20,27 @@ fn is_yaml(media_type: &str) -> bool {
     matches!(media_type, "application/yaml" | "application/x-yaml" | "text/yaml" | "application/apply-patch+yaml")
 }
 
-/// Parses a JSON or YAML document.
+/// Parses a JSON or YAML document. NUL characters are refused: PostgreSQL cannot store them in JSON.
 pub fn parse_document(media_type: &str, bytes: &[u8]) -> Result<Value, ApiError> {
-    if is_yaml(media_type) {
+    let document = if is_yaml(media_type) {
         serde_norway::from_slice::<Value>(bytes)
-            .map_err(|error| ApiError::bad_request(format!("error decoding YAML body: {error}")))
+            .map_err(|error| ApiError::bad_request(format!("error decoding YAML body: {error}")))?
     } else {
         serde_json::from_slice::<Value>(bytes)
-            .map_err(|error| ApiError::bad_request(format!("error decoding JSON body: {error}")))
+            .map_err(|error| ApiError::bad_request(format!("error decoding JSON body: {error}")))?
+    };
+    if contains_nul(&document) {
+        return Err(ApiError::bad_request("strings in the request body must not contain NUL (\\u0000)"));
+    }
+    Ok(document)
+}
+
+fn contains_nul(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(fields) => fields.iter().any(|(key, field)| key.contains('\0') || contains_nul(field)),
+        _ => false,
     }
 }
 

@@ -177,8 +177,21 @@ impl Patch {
         }
     }
 
-    /// Applies the patch to a whole object document.
+    /// Applies the patch to a whole object document. The result keeps the object's name: a patch that removes or
+    /// renames it is refused with 422.
     pub fn apply(&self, mut document: Value) -> Result<Value, ApiError> {
+        let name = document["metadata"]["name"].clone();
+        let kind = document["kind"].as_str().and_then(Kind::from_kind_name).unwrap_or(Kind::Cluster);
+        document = self.apply_unchecked(document)?;
+        if document["metadata"]["name"] != name {
+            let name = name.as_str().unwrap_or_default();
+            let error = cls_core::validation::FieldError::immutable("metadata.name", &document["metadata"]["name"]);
+            return Err(ApiError::invalid(kind, name, &[error]));
+        }
+        Ok(document)
+    }
+
+    fn apply_unchecked(&self, mut document: Value) -> Result<Value, ApiError> {
         match self {
             Patch::Merge(patch) => {
                 if !patch.is_object() {

@@ -133,7 +133,16 @@ pub fn is_connection_error(error: &sqlx::Error) -> bool {
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        if is_connection_error(&error) { StoreError::Unavailable(error) } else { StoreError::Database(error) }
+        if is_connection_error(&error) {
+            return StoreError::Unavailable(error);
+        }
+        // data the database cannot represent (a NUL in text or JSON, bad encoding): the request's fault
+        if let sqlx::Error::Database(database) = &error
+            && matches!(database.code().as_deref(), Some("22P05" | "22021" | "22P02" | "54000"))
+        {
+            return StoreError::BadRequest(format!("the database refused the data: {}", database.message()));
+        }
+        StoreError::Database(error)
     }
 }
 

@@ -15,7 +15,8 @@ use uuid::Uuid;
 /// needs the reports anyway; otherwise they come only when the cached aggregate is stale.
 const SELECT_OBJECT: &str = "select o.uid, o.kind, o.namespace, o.name, o.labels, o.annotations,
     o.finalizers, o.owner_references, o.managed_fields, o.spec, o.generation, o.resource_version, o.platform,
-    o.cluster_name, o.creation_timestamp, o.deletion_timestamp, o.status_seq, o.status, e.epoch,
+    o.cluster_name, o.creation_timestamp, o.deletion_timestamp, o.status_seq, o.status, o.last_ready_generation,
+    e.epoch,
     case when o.kind <> 'Controller'
           and (FORCE or o.status_cached_seq is distinct from o.status_seq or o.status_epoch is distinct from e.epoch)
       then (select coalesce(jsonb_agg(jsonb_build_object('controller', r.controller,
@@ -55,6 +56,7 @@ pub(crate) struct ObjectRow {
     pub deletion_timestamp: Option<DateTime<Utc>>,
     pub status_seq: i64,
     pub status: Option<Json<Value>>,
+    pub last_ready_generation: Option<i64>,
     pub epoch: i64,
     pub reports: Option<Json<Vec<ControllerReport>>>,
 }
@@ -85,8 +87,12 @@ impl ObjectRow {
         registrations: &[Registration],
         now: jiff::Timestamp,
     ) -> ObjectStatus {
-        let previous: Option<ObjectStatus> =
+        let mut previous: Option<ObjectStatus> =
             self.status.as_ref().and_then(|status| serde_json::from_value(status.0.clone()).ok());
+        if let Some(reported) = self.last_ready_generation {
+            let previous = previous.get_or_insert_with(ObjectStatus::default);
+            previous.last_ready_generation = previous.last_ready_generation.max(Some(reported));
+        }
         let reports = reports.or(self.reports.as_ref().map(|reports| reports.0.as_slice())).unwrap_or_default();
         let required = required_set(registrations, self.kind(), &self.platform);
         aggregate(AggregateInput {

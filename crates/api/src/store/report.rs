@@ -80,6 +80,7 @@ impl Store {
             let registrations = self.registry.get(&self.pool, row.epoch).await?.registrations;
             let status = row.aggregate(Some(&reports), &registrations, now);
             let attention = needs_attention(&status, row.deletion_timestamp.is_some());
+            let ready_generation = status.last_ready_generation.filter(|generation| *generation == row.generation);
             let interval = if attention { self.schedule.attention_interval } else { self.schedule.stable_interval };
             let status_seq = row.status_seq;
             let mut object = row.into_object(serde_json::to_value(&status).expect("status serializes"));
@@ -89,7 +90,8 @@ impl Store {
             let written = sqlx::query_as::<_, (i64, i64)>(
                 "with obj as (
                      update objects set resource_version = nextval('resource_version_seq'),
-                         status_seq = status_seq + 1, updated_at = now()
+                         status_seq = status_seq + 1, last_ready_generation = greatest(last_ready_generation, $11),
+                         updated_at = now()
                      where uid = $1 and status_seq = $2
                      returning uid, kind, namespace, name, generation, platform, resource_version, status_seq),
                  stored as (
@@ -126,6 +128,7 @@ impl Store {
             .bind(attention)
             .bind(interval_seconds(interval))
             .bind(Json(object.to_json()))
+            .bind(ready_generation)
             .fetch_optional(&self.pool)
             .await;
             let written = match written {

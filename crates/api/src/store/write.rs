@@ -336,9 +336,11 @@ impl Store {
         .execute(&mut *connection)
         .await?;
         if marked.rows_affected() == 1 {
-            self.record_event(&mut *connection, uid, EventKind::Deleting).await?;
-            self.schedule(&mut *connection, uid, true).await?;
             let object = self.render(&mut *connection, uid).await?;
+            if object.kind.reconciled() {
+                self.record_event(&mut *connection, uid, EventKind::Deleting).await?;
+                self.schedule(&mut *connection, uid, true).await?;
+            }
             record_change(&mut *connection, "MODIFIED", &object).await?;
         }
         Ok(())
@@ -491,6 +493,16 @@ async fn sync_registration(
             .bind(&registration.kinds)
             .bind(&registration.platforms)
             .bind(registration.required)
+            .execute(&mut *connection)
+            .await?;
+            // the objects it covers are due now: a new controller learns of them without waiting a stable interval
+            sqlx::query(
+                "update schedules s set attention = true, next_at = now(), updated_at = now()
+                 from objects o
+                 where o.uid = s.uid and o.kind = any($1) and (cardinality($2::text[]) = 0 or o.platform = any($2))",
+            )
+            .bind(&registration.kinds)
+            .bind(&registration.platforms)
             .execute(&mut *connection)
             .await?;
         }
