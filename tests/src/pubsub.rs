@@ -94,7 +94,7 @@ impl PubSubEmulator {
 
     /// Kills the emulator (SIGKILL) and waits until it is gone. Everything it held is lost.
     pub fn stop(&self) {
-        let mut child = self.child.lock().expect("emulator lock");
+        let mut child = self.child.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(mut running) = child.take() {
             let _ = running.kill();
             let _ = running.wait();
@@ -103,7 +103,7 @@ impl PubSubEmulator {
 
     /// Starts the emulator (again) on the same port and waits until it answers.
     pub fn resume(&self) {
-        let mut child = self.child.lock().expect("emulator lock");
+        let mut child = self.child.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if child.is_some() {
             return;
         }
@@ -188,9 +188,22 @@ fn answers_ok(port: u16) -> bool {
     if stream.write_all(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
         return false;
     }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response.starts_with("HTTP/1.") && response.contains(" 200 ") && response.ends_with("Ok")
+    // It answers `Ok\n` and keeps the connection open: read until the body is there.
+    let mut response = Vec::new();
+    let mut chunk = [0_u8; 512];
+    while let Ok(read) = stream.read(&mut chunk) {
+        if read == 0 {
+            break;
+        }
+        response.extend_from_slice(&chunk[..read]);
+        let text = String::from_utf8_lossy(&response);
+        if let Some((head, body)) = text.split_once("\r\n\r\n")
+            && !body.trim().is_empty()
+        {
+            return head.contains(" 200 ") && body.trim() == "Ok";
+        }
+    }
+    false
 }
 
 fn free_port() -> u16 {
