@@ -1,5 +1,6 @@
 //! Wiring of the `cls` roles: flags, logging, shutdown, and the subcommands.
 
+mod kubeconfig;
 mod postgres;
 mod reconciler;
 mod server;
@@ -38,6 +39,8 @@ pub enum Command {
     Api(ApiArgs),
     /// Run the database migrations against DATABASE_URL and exit.
     Migrate(DatabaseArgs),
+    /// Print the CustomResourceDefinitions of the cls.dev group (YAML), as `crds/` holds them.
+    Crds,
     /// Run the reconciler (outbox relay and scheduler) against DATABASE_URL and Pub/Sub.
     Reconciler(ReconcilerArgs),
 }
@@ -102,6 +105,10 @@ pub fn init_logging(format: LogFormat) {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let shutdown = server::shutdown_signal();
     match cli.command {
+        Command::Crds => {
+            print!("{}", cls_core::crd::crds_yaml());
+            Ok(())
+        }
         Command::Migrate(args) => {
             let pool = server::pool(&args.database_url)?;
             server::migrate_with_retries(&pool, &shutdown).await?;
@@ -110,7 +117,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Api(args) => {
             let schedule = schedule_config(&args.schedule);
-            server::serve(&args.database.database_url, args.listen, schedule, shutdown).await
+            server::serve(&args.database.database_url, args.listen, schedule, shutdown, |_| {}).await
         }
         Command::Reconciler(args) => reconciler::run(args, shutdown).await,
         Command::Up(args) => {
@@ -120,6 +127,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => default_home()?,
             };
             std::fs::create_dir_all(&home)?;
+            let kubeconfig_home = home.clone();
             let (database_url, embedded) = match args.database_url {
                 Some(url) => (url, None),
                 None => {
@@ -128,7 +136,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             let serve = async {
-                let served = server::serve(&database_url, args.listen, schedule, shutdown.clone()).await;
+                let write_kubeconfig = |address| match kubeconfig::write(&kubeconfig_home, address) {
+                    Ok(path) => {
+                        println!("kubectl is ready: export KUBECONFIG={}", path.display());
+                        println!("then: kubectl apply -f examples/ && kubectl get clusters,services");
+                    }
+                    Err(error) => tracing::warn!(error = %error, "cannot write the kubeconfig"),
+                };
+                let served =
+                    server::serve(&database_url, args.listen, schedule, shutdown.clone(), write_kubeconfig).await;
                 shutdown.cancel();
                 served
             };

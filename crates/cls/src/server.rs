@@ -73,6 +73,7 @@ pub async fn serve(
     listen: SocketAddr,
     schedule: cls_api::ScheduleConfig,
     shutdown: CancellationToken,
+    on_listening: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
     let pool = pool(database_url)?;
     let store = cls_api::Store::new(pool.clone(), schedule);
@@ -86,6 +87,7 @@ pub async fn serve(
     tracing::info!(%address, "api serving");
     // the one line scripts and tests wait for
     println!("cls api listening on http://{address}");
+    on_listening(address);
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future();
     let migrations = async {
         migrate_with_retries(&pool, &shutdown).await?;

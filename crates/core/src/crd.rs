@@ -34,3 +34,28 @@ pub fn crds_yaml() -> String {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `crds/` is generated: regenerate it with `cargo run -p cls -- crds > crds/cls.dev.yaml`.
+    #[test]
+    fn the_committed_crds_match_the_rust_types() {
+        let committed = include_str!("../../../crds/cls.dev.yaml");
+        assert!(
+            committed == crds_yaml(),
+            "crds/cls.dev.yaml is stale: run `cargo run -p cls -- crds > crds/cls.dev.yaml`"
+        );
+    }
+
+    #[test]
+    fn every_kind_has_a_structural_schema_with_spec_and_status() {
+        for kind in Kind::ALL {
+            let schema = schema(kind);
+            assert_eq!(schema["type"], "object", "{kind}");
+            assert!(schema["properties"]["spec"].is_object(), "{kind}");
+            assert!(schema["properties"]["status"].is_object(), "{kind}");
+        }
+    }
+}
