@@ -50,22 +50,47 @@ impl Default for SchedulerConfig {
 pub struct Observed {
     pub generation: i64,
     pub deleting: bool,
-    /// `status.observedGeneration` of the cached aggregate (absent until every required controller reported).
+    /// The schedule row's cadence flag, which the API keeps current on every report and spec change.
+    pub attention: bool,
+    /// The cached aggregate, when it is current (the API computes it lazily, on the next read after a change).
+    pub cached: Option<CachedStatus>,
+    /// The highest generation any controller reported on.
+    pub reported_generation: Option<i64>,
+    /// Some controller reported `Degraded=True` at the current generation.
+    pub degraded_report: bool,
+}
+
+/// The parts of a current cached aggregate that the reason depends on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachedStatus {
+    /// `status.observedGeneration` (absent until every required controller reported).
     pub observed_generation: Option<i64>,
     pub ready: bool,
     pub degraded: bool,
 }
 
 /// Why an object is reconciled now, first match wins: deleting, a generation not yet observed, degraded, not ready,
-/// else periodic.
+/// else periodic. From the cached aggregate when it is current; otherwise from the reports and the cadence flag,
+/// without aggregating (the flag says whether the object needs attention, the reports say why).
 pub fn reconcile_reason(observed: &Observed) -> ReconcileReason {
     if observed.deleting {
-        ReconcileReason::Deleting
-    } else if observed.observed_generation.is_none_or(|seen| seen < observed.generation) {
+        return ReconcileReason::Deleting;
+    }
+    let (behind, degraded, ready) = match observed.cached {
+        Some(cached) => {
+            (cached.observed_generation.is_none_or(|seen| seen < observed.generation), cached.degraded, cached.ready)
+        }
+        None => (
+            observed.reported_generation.is_none_or(|seen| seen < observed.generation),
+            observed.degraded_report,
+            !observed.attention,
+        ),
+    };
+    if behind {
         ReconcileReason::GenerationMismatch
-    } else if observed.degraded {
+    } else if degraded {
         ReconcileReason::Degraded
-    } else if !observed.ready {
+    } else if !ready {
         ReconcileReason::NotReady
     } else {
         ReconcileReason::Periodic
@@ -77,17 +102,26 @@ struct DueRow {
     uid: Uuid,
     generation: i64,
     deleting: bool,
+    attention: bool,
+    cache_current: bool,
     observed_generation: Option<i64>,
     ready: bool,
     degraded: bool,
+    reported_generation: Option<i64>,
+    degraded_report: bool,
     lag_seconds: f64,
 }
 
-const CLAIM_DUE: &str = "select s.uid, o.generation, o.deletion_timestamp is not null as deleting,
+const CLAIM_DUE: &str = "select s.uid, o.generation, o.deletion_timestamp is not null as deleting, s.attention,
+            coalesce(o.status is not null and o.status_cached_seq = o.status_seq
+                     and o.status_epoch = (select epoch from registry_epoch), false) as cache_current,
             (o.status ->> 'observedGeneration')::bigint as observed_generation,
             coalesce(o.status @> '{\"conditions\": [{\"type\": \"Ready\", \"status\": \"True\"}]}', false) as ready,
             coalesce(o.status @> '{\"conditions\": [{\"type\": \"Degraded\", \"status\": \"True\"}]}', false)
                 as degraded,
+            (select max(r.observed_generation) from reports r where r.uid = o.uid) as reported_generation,
+            exists (select 1 from reports r where r.uid = o.uid and r.observed_generation = o.generation
+                    and r.conditions @> '[{\"type\": \"Degraded\", \"status\": \"True\"}]') as degraded_report,
             extract(epoch from now() - s.next_at)::float8 as lag_seconds
      from schedules s join objects o on o.uid = s.uid
      where s.next_at <= now()
@@ -163,9 +197,14 @@ impl Scheduler {
             let observed = Observed {
                 generation: row.generation,
                 deleting: row.deleting,
-                observed_generation: row.observed_generation,
-                ready: row.ready,
-                degraded: row.degraded,
+                attention: row.attention,
+                cached: row.cache_current.then_some(CachedStatus {
+                    observed_generation: row.observed_generation,
+                    ready: row.ready,
+                    degraded: row.degraded,
+                }),
+                reported_generation: row.reported_generation,
+                degraded_report: row.degraded_report,
             };
             uids.push(row.uid);
             reasons.push(reconcile_reason(&observed).to_string());
@@ -191,39 +230,66 @@ impl Scheduler {
 mod tests {
     use super::*;
 
-    fn ready_at(generation: i64) -> Observed {
-        Observed { generation, observed_generation: Some(generation), ready: true, ..Observed::default() }
+    fn cached_ready_at(generation: i64) -> Observed {
+        let cached = CachedStatus { observed_generation: Some(generation), ready: true, degraded: false };
+        Observed { generation, cached: Some(cached), reported_generation: Some(generation), ..Observed::default() }
+    }
+
+    fn with_cache(observed: Observed, change: impl FnOnce(&mut CachedStatus)) -> Observed {
+        let mut cached = observed.cached.expect("cached");
+        change(&mut cached);
+        Observed { cached: Some(cached), ..observed }
     }
 
     #[test]
     fn a_ready_object_at_its_generation_is_reconciled_periodically() {
-        assert_eq!(reconcile_reason(&ready_at(3)), ReconcileReason::Periodic);
+        assert_eq!(reconcile_reason(&cached_ready_at(3)), ReconcileReason::Periodic);
     }
 
     #[test]
     fn deleting_wins_over_every_other_reason() {
-        let observed = Observed { deleting: true, degraded: true, ready: false, ..ready_at(2) };
+        let observed = with_cache(Observed { deleting: true, ..cached_ready_at(2) }, |cached| {
+            cached.degraded = true;
+            cached.ready = false;
+        });
         assert_eq!(reconcile_reason(&observed), ReconcileReason::Deleting);
     }
 
     #[test]
     fn an_unobserved_generation_is_a_generation_mismatch() {
-        assert_eq!(
-            reconcile_reason(&Observed { observed_generation: Some(1), ..ready_at(2) }),
-            ReconcileReason::GenerationMismatch
-        );
-        assert_eq!(
-            reconcile_reason(&Observed { observed_generation: None, ..ready_at(1) }),
-            ReconcileReason::GenerationMismatch
-        );
+        let behind = with_cache(cached_ready_at(2), |cached| cached.observed_generation = Some(1));
+        assert_eq!(reconcile_reason(&behind), ReconcileReason::GenerationMismatch);
+        let never = with_cache(cached_ready_at(1), |cached| cached.observed_generation = None);
+        assert_eq!(reconcile_reason(&never), ReconcileReason::GenerationMismatch);
     }
 
     #[test]
     fn degraded_comes_before_not_ready() {
+        let degraded = with_cache(cached_ready_at(1), |cached| {
+            cached.degraded = true;
+            cached.ready = false;
+        });
+        assert_eq!(reconcile_reason(&degraded), ReconcileReason::Degraded);
+        let not_ready = with_cache(cached_ready_at(1), |cached| cached.ready = false);
+        assert_eq!(reconcile_reason(&not_ready), ReconcileReason::NotReady);
+    }
+
+    #[test]
+    fn without_a_current_cache_the_reports_and_the_cadence_flag_decide() {
+        let stale = Observed { cached: None, ..cached_ready_at(2) };
+        assert_eq!(reconcile_reason(&stale), ReconcileReason::Periodic);
+        assert_eq!(reconcile_reason(&Observed { attention: true, ..stale }), ReconcileReason::NotReady);
         assert_eq!(
-            reconcile_reason(&Observed { degraded: true, ready: false, ..ready_at(1) }),
+            reconcile_reason(&Observed { attention: true, degraded_report: true, ..stale }),
             ReconcileReason::Degraded
         );
-        assert_eq!(reconcile_reason(&Observed { ready: false, ..ready_at(1) }), ReconcileReason::NotReady);
+        assert_eq!(
+            reconcile_reason(&Observed { reported_generation: Some(1), ..stale }),
+            ReconcileReason::GenerationMismatch
+        );
+        assert_eq!(
+            reconcile_reason(&Observed { reported_generation: None, ..stale }),
+            ReconcileReason::GenerationMismatch
+        );
     }
 }
