@@ -1,5 +1,6 @@
 //! Wiring of the `cls` roles: flags, logging, shutdown, and the subcommands.
 
+mod bench;
 mod kubeconfig;
 mod postgres;
 mod reconciler;
@@ -41,6 +42,8 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Print the CustomResourceDefinitions of the cls.dev group (YAML), as `crds/` holds them.
     Crds,
+    /// Benchmarks, each beside a baseline measured in the same run (needs `wrk` and `pgbench`).
+    Bench(bench::BenchArgs),
     /// Run the reconciler (outbox relay and scheduler) against DATABASE_URL and Pub/Sub.
     Reconciler(ReconcilerArgs),
 }
@@ -105,6 +108,7 @@ pub fn init_logging(format: LogFormat) {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let shutdown = server::shutdown_signal();
     match cli.command {
+        Command::Bench(args) => bench::run(args).await,
         Command::Crds => {
             print!("{}", cls_core::crd::crds_yaml());
             Ok(())

@@ -22,6 +22,8 @@ pub struct Embedded {
     data: PathBuf,
     port: u16,
     as_root: bool,
+    /// Removed with its data on stop (benchmarks).
+    temporary: Option<PathBuf>,
 }
 
 /// The newest installed PostgreSQL server binaries.
@@ -57,7 +59,7 @@ impl Embedded {
             home.join("postgres")
         };
         std::fs::create_dir_all(&base).with_context(|| format!("cannot create {}", base.display()))?;
-        let mut embedded = Embedded { bin, data: base.join("data"), port: 0, as_root };
+        let mut embedded = Embedded { bin, data: base.join("data"), port: 0, as_root, temporary: None };
         if as_root {
             let chown = Command::new("chown").arg(SERVER_USER).arg(&base).output().context("cannot run chown")?;
             check(Path::new("chown"), &chown)?;
@@ -114,6 +116,20 @@ impl Embedded {
         Ok(embedded)
     }
 
+    /// A server with data of its own that [`Embedded::stop`] deletes.
+    pub fn start_temporary() -> anyhow::Result<Embedded> {
+        let home = std::env::temp_dir().join(format!("cls-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&home)?;
+        let mut embedded = Embedded::start(&home)?;
+        embedded.temporary = Some(home);
+        Ok(embedded)
+    }
+
+    /// The server's binaries (for pgbench).
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin
+    }
+
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{DATABASE}", self.port)
     }
@@ -125,6 +141,12 @@ impl Embedded {
         match self.run_as_server(&pg_ctl, &["-D", &data, "-m", "fast", "-w", "stop"]) {
             Ok(()) => tracing::info!("embedded PostgreSQL stopped"),
             Err(error) => tracing::warn!(error = %error, "embedded PostgreSQL did not stop cleanly"),
+        }
+        if let Some(home) = &self.temporary {
+            if let Some(base) = self.data.parent() {
+                let _ = std::fs::remove_dir_all(base);
+            }
+            let _ = std::fs::remove_dir_all(home);
         }
     }
 

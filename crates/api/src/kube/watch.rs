@@ -122,7 +122,7 @@ pub async fn watch(
             {
                 continue;
             }
-            if !events.send(&change.event_type, change.object.clone()).await {
+            if !events.send_change(&change).await {
                 return;
             }
         }
@@ -206,6 +206,13 @@ impl Events {
             object
         };
         self.line(json!({"type": event_type, "object": object})).await
+    }
+
+    async fn send_change(&self, change: &Change) -> bool {
+        if self.as_table {
+            return self.send(&change.event_type, change.object.clone()).await;
+        }
+        self.sender.send(Ok(change.line())).await.is_ok()
     }
 
     async fn bookmark(&self, resource_version: i64, annotations: Option<Value>) -> bool {

@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -41,6 +41,22 @@ pub struct Change {
     pub namespace: String,
     pub uid: Option<Uuid>,
     pub object: Value,
+    /// The watch event line (`{"type","object"}` and a newline), serialized once for every watcher.
+    pub line: OnceLock<bytes::Bytes>,
+}
+
+impl Change {
+    /// The newline-terminated watch event of this change.
+    pub fn line(&self) -> bytes::Bytes {
+        self.line
+            .get_or_init(|| {
+                let mut line = serde_json::to_vec(&serde_json::json!({"type": self.event_type, "object": self.object}))
+                    .expect("events serialize");
+                line.push(b'\n');
+                bytes::Bytes::from(line)
+            })
+            .clone()
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -186,6 +202,7 @@ impl ChangeFeed {
                     namespace: row.namespace,
                     uid: row.uid,
                     object: row.object.map(|object| object.0).unwrap_or(Value::Null),
+                    line: OnceLock::new(),
                 });
                 self.publish(change, row.resource_version);
                 next += 1;

@@ -1,0 +1,136 @@
+//! `cls bench`: benchmarks that print their figure beside a baseline measured in the same run on the same
+//! PostgreSQL, and end with `ratio: R`. Each starts what it needs: its own PostgreSQL (or `DATABASE_URL`) and the
+//! API in this process on a loopback port. HTTP load comes from `wrk` (Debian package `wrk`), the baselines from
+//! `pgbench` against the same server.
+
+mod load;
+mod watch;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::postgres::{self, Embedded};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// PostgreSQL to use; by default a temporary one of its own. pgbench tables are created in it and dropped.
+    #[arg(long, env = "DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+    /// How long each measured run lasts.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub duration: Duration,
+    #[command(subcommand)]
+    pub which: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Bench {
+    /// GET one object by uid and by namespace/name at concurrency 8 and 64, against pgbench select-only.
+    Read,
+    /// Controller status reports at concurrency 8, against pgbench simple-update (-N).
+    Write,
+    /// List 10,000 Clusters in pages of 10 at concurrency 10: p50/p99 and requests/s, against pgbench select-only.
+    List,
+    /// One change reaching 100 and 1,000 watchers: delivery p50/p99, against a LISTEN/NOTIFY round trip.
+    Watch,
+}
+
+/// The system under test: a database and the API serving it.
+pub(crate) struct Environment {
+    pub base: String,
+    pub database_url: String,
+    pub pool: sqlx::PgPool,
+    pub bin_dir: PathBuf,
+    pub client: reqwest::Client,
+    shutdown: CancellationToken,
+    embedded: Option<Embedded>,
+}
+
+impl Environment {
+    async fn start(database_url: Option<String>) -> anyhow::Result<Environment> {
+        let (database_url, embedded) = match database_url {
+            Some(url) => (url, None),
+            None => {
+                let embedded = tokio::task::spawn_blocking(Embedded::start_temporary).await??;
+                (embedded.url(), Some(embedded))
+            }
+        };
+        let bin_dir = match &embedded {
+            Some(embedded) => embedded.bin_dir().to_path_buf(),
+            None => postgres::find_binaries()?,
+        };
+        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(64).connect(&database_url).await?;
+        cls_api::store::migrate(&pool).await?;
+        let store = cls_api::Store::new(pool.clone(), cls_api::ScheduleConfig::default());
+        let state = cls_api::AppState::new(store);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(state.feed.clone().run(pool.clone(), shutdown.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let app = cls_api::router(state.clone());
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+        });
+        while !state.feed.is_running() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let client = reqwest::Client::builder().pool_max_idle_per_host(2048).build()?;
+        Ok(Environment { base: format!("http://{address}"), database_url, pool, bin_dir, client, shutdown, embedded })
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.pool.close().await;
+        if let Some(embedded) = self.embedded {
+            let _ = tokio::task::spawn_blocking(move || embedded.stop()).await;
+        }
+    }
+
+    /// Creates `count` Clusters named `prefix-N` (in parallel) and returns their uids.
+    pub async fn seed_clusters(&self, prefix: &str, count: usize) -> anyhow::Result<Vec<String>> {
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(16));
+        let mut tasks = Vec::with_capacity(count);
+        for index in 0..count {
+            let client = self.client.clone();
+            let url = format!("{}/api/v1/clusters", self.base);
+            let permit = semaphore.clone().acquire_owned().await?;
+            let manifest = json!({"metadata": {"name": format!("{prefix}-{index}"), "labels": {"bench": prefix}},
+                                  "spec": {"platform": {"type": "gcp", "region": "europe-west1"}}});
+            tasks.push(tokio::spawn(async move {
+                let _permit = permit;
+                let response = client.post(url).json(&manifest).send().await?;
+                let status = response.status();
+                let body: Value = response.json().await?;
+                if status != 201 {
+                    bail!("seeding failed with {status}: {body}");
+                }
+                anyhow::Ok(body["metadata"]["uid"].as_str().unwrap_or_default().to_owned())
+            }));
+        }
+        let mut uids = Vec::with_capacity(count);
+        for task in tasks {
+            uids.push(task.await??);
+        }
+        Ok(uids)
+    }
+}
+
+/// Runs one benchmark.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let environment = Environment::start(args.database_url.clone()).await.context("cannot start the benchmark")?;
+    let result = match args.which {
+        Bench::Read => load::read(&environment, args.duration).await,
+        Bench::Write => load::write(&environment, args.duration).await,
+        Bench::List => load::list(&environment, args.duration).await,
+        Bench::Watch => watch::run(&environment).await,
+    };
+    environment.stop().await;
+    result
+}
