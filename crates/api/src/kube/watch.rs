@@ -74,7 +74,7 @@ pub async fn watch(
                 return;
             }
         }
-        let mut last = start.max(listed.iter().map(|object| object.resource_version).max().unwrap_or(0).min(start));
+        let mut last = start;
         if send_initial && bookmarks {
             let annotations = json!({"k8s.io/initial-events-end": "true"});
             if !events.bookmark(start, Some(annotations)).await {
