@@ -26,9 +26,10 @@ use crate::condition::Condition;
     shortname = "cl"
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("required" = ["platform"]))]
 pub struct ClusterSpec {
     #[serde(default)]
-    #[schemars(required, extend("default" = null))]
+    #[schemars(extend("default" = null))]
     pub platform: Platform,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release: Option<Release>,
@@ -36,10 +37,11 @@ pub struct ClusterSpec {
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("required" = ["type"]))]
 pub struct Platform {
     /// Lowercase platform name (`gcp`, `aws`, `azure`, `local`, `kubernetes`, or any other). Immutable.
     #[serde(rename = "type", default)]
-    #[schemars(required, extend("default" = null))]
+    #[schemars(extend("default" = null))]
     pub type_: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
@@ -70,10 +72,11 @@ pub struct Release {
     shortname = "cs"
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("required" = ["clusterRef"]))]
 pub struct ServiceSpec {
     /// The Cluster (same namespace) this Service belongs to. Immutable.
     #[serde(default)]
-    #[schemars(required, extend("default" = null))]
+    #[schemars(extend("default" = null))]
     pub cluster_ref: ClusterRef,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<RunSpec>,
@@ -102,6 +105,7 @@ fn default_replicas() -> i64 {
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("required" = ["name"]))]
 pub struct ClusterRef {
     #[serde(default)]
     pub name: String,

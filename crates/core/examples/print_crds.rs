@@ -1,3 +1,0 @@
-fn main() {
-    print!("{}", cls_core::crd::crds_yaml());
-}
