@@ -249,10 +249,15 @@ async fn every_event_arrives_after_the_emulator_stops_and_starts_again() {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(fixture.outbox_depth().await, 20, "nothing is deleted while the bus is down");
+        // Hold the relay back (its claim waits on this lock, and no publish is in flight once we hold it) until the
+        // topic and the test's subscription exist again, or it could publish into a topic nobody subscribes to yet.
+        let mut gate = fixture.db.pool.begin().await.unwrap();
+        sqlx::query("lock table outbox in exclusive mode").execute(&mut *gate).await.unwrap();
         let starting = emulator.clone();
         tokio::task::spawn_blocking(move || starting.resume()).await.unwrap();
         common::create_topic_and_subscription(&config).await;
         let collector = Collector::start(&config).await;
+        gate.commit().await.unwrap();
 
         // Assert
         let received = collector
