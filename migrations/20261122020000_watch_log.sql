@@ -9,6 +9,9 @@ create table changes (
     namespace        text not null default '',
     uid              uuid,
     object           jsonb,
+    -- the labels before a MODIFIED that changed them (null: unchanged), so that a watch with a label selector sees an
+    -- object leave (DELETED) or enter (ADDED) its selection
+    previous_labels  jsonb,
     created_at       timestamptz not null default now(),
     updated_at       timestamptz not null default now()
 );

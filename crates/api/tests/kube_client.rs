@@ -609,7 +609,7 @@ async fn discovery_finds_the_cls_group_with_its_three_kinds() {
         let api = TestApi::start().await;
         let expected = vec![
             ("Cluster".to_owned(), "clusters".to_owned(), true, true),
-            ("Controller".to_owned(), "controllers".to_owned(), false, true),
+            ("Controller".to_owned(), "controllers".to_owned(), false, false),
             ("Service".to_owned(), "services".to_owned(), true, true),
         ];
         let discovery = Discovery::new(client(&api)).run().await.expect("discovery runs");

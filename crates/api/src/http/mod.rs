@@ -36,8 +36,8 @@ impl AppState {
         AppState { store, feed: Arc::new(ChangeFeed::new()), migrated: Arc::new(AtomicBool::new(true)) }
     }
 
-    /// The resourceVersion a list about to be read may claim: every change up to it is visible to the list.
-    pub fn list_resource_version(&self) -> Option<i64> {
+    /// The change feed's cursor, for a list about to be read (`None` while the feed is not running).
+    pub fn feed_cursor(&self) -> Option<i64> {
         self.feed.is_running().then(|| self.feed.cursor())
     }
 }

@@ -55,10 +55,10 @@ async fn list(
 ) -> ApiResult<Response> {
     let kind = kind_of(&plural)?;
     let query = Params::parse(raw.as_deref())?.list_query(kind)?;
-    let safe_version = state.list_resource_version();
+    let mut query = query;
+    query.feed_cursor = state.feed_cursor();
     let page = state.store.list(kind, &query).await?;
-    let version = safe_version.unwrap_or(page.resource_version);
-    let mut metadata = json!({"resourceVersion": version.to_string()});
+    let mut metadata = json!({"resourceVersion": page.resource_version.to_string()});
     if let Some(token) = &page.continue_token {
         metadata["continue"] = json!(token);
     }

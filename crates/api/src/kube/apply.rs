@@ -83,18 +83,26 @@ fn from_fields_v1(fields: &Value) -> BTreeSet<FieldPath> {
     paths
 }
 
+/// Removes the field at `path`, and the objects above it that it leaves empty (below the top level: `spec` and
+/// `metadata` stay).
 fn remove_path(document: &mut Value, path: &[String]) {
-    let Some((last, parents)) = path.split_last() else { return };
-    let mut node = document;
-    for segment in parents {
-        match node.get_mut(segment) {
-            Some(child) => node = child,
-            None => return,
+    fn remove(node: &mut Value, path: &[String], depth: usize) {
+        let Some(fields) = node.as_object_mut() else { return };
+        match path {
+            [] => {}
+            [last] => {
+                fields.remove(last);
+            }
+            [first, rest @ ..] => {
+                let Some(child) = fields.get_mut(first) else { return };
+                remove(child, rest, depth + 1);
+                if depth >= 1 && child.as_object().is_some_and(Map::is_empty) {
+                    fields.remove(first);
+                }
+            }
         }
     }
-    if let Some(fields) = node.as_object_mut() {
-        fields.remove(last);
-    }
+    remove(document, path, 0);
 }
 
 /// Objects merge field by field; anything else is replaced.
@@ -165,6 +173,16 @@ mod tests {
             apply(Some(&current), &json!({"metadata": {"name": "a"}, "spec": {"replicas": 3}}), "kubectl", "t");
         assert_eq!(second["spec"], json!({"replicas": 3, "healthCheck": {"tcp": {"port": 80}}}));
         assert_eq!(second["metadata"]["managedFields"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn dropping_the_last_field_of_an_object_removes_the_object_but_not_the_spec() {
+        let first = apply(None, &json!({"metadata": {"name": "a"}, "spec": {"release": {"version": "1"}}}), "m", "t");
+        let second =
+            apply(Some(&first), &json!({"metadata": {"name": "a"}, "spec": {"platform": {"type": "x"}}}), "m", "t");
+        assert_eq!(second["spec"], json!({"platform": {"type": "x"}}));
+        let third = apply(Some(&second), &json!({"metadata": {"name": "a"}}), "m", "t");
+        assert_eq!(third["spec"], json!({}));
     }
 
     #[test]

@@ -60,12 +60,16 @@ pub async fn groups(headers: HeaderMap) -> Response {
             .into_iter()
             .map(|kind| {
                 let response_kind = json!({"group": GROUP, "version": VERSION, "kind": kind.as_str()});
+                // a Controller's status is its heartbeat, written through its registration, not a subresource
+                let subresources = if kind.reconciled() {
+                    json!([{"subresource": "status", "responseKind": response_kind, "verbs": ["get", "patch", "update"]}])
+                } else {
+                    json!([])
+                };
                 json!({
                     "resource": kind.plural(), "singularResource": kind.singular(), "scope": scope(kind),
                     "responseKind": response_kind, "verbs": verbs(), "shortNames": kind.short_names(),
-                    "categories": ["cls"],
-                    "subresources": [{"subresource": "status", "responseKind": response_kind,
-                                      "verbs": ["get", "patch", "update"]}],
+                    "categories": ["cls"], "subresources": subresources,
                 })
             })
             .collect();
@@ -88,10 +92,12 @@ pub async fn group_resources() -> axum::Json<Value> {
             "name": kind.plural(), "singularName": kind.singular(), "namespaced": kind.namespaced(),
             "kind": kind.as_str(), "verbs": verbs(), "shortNames": kind.short_names(), "categories": ["cls"],
         }));
-        resources.push(json!({
-            "name": format!("{}/status", kind.plural()), "singularName": "", "namespaced": kind.namespaced(),
-            "kind": kind.as_str(), "verbs": ["get", "patch", "update"],
-        }));
+        if kind.reconciled() {
+            resources.push(json!({
+                "name": format!("{}/status", kind.plural()), "singularName": "", "namespaced": kind.namespaced(),
+                "kind": kind.as_str(), "verbs": ["get", "patch", "update"],
+            }));
+        }
     }
     axum::Json(json!({"kind": "APIResourceList", "apiVersion": "v1",
         "groupVersion": format!("{GROUP}/{VERSION}"), "resources": resources}))

@@ -314,10 +314,9 @@ async fn list(state: AppState, target: Target, raw: Option<String>, headers: Hea
     if params.watch()? {
         return super::watch::watch(state, target.kind, query, params, wants_table(accept(&headers))).await;
     }
-    let safe_version = state.list_resource_version();
+    query.feed_cursor = state.feed_cursor();
     let page = state.store.list(target.kind, &query).await?;
-    let version = safe_version.unwrap_or(page.resource_version);
-    let mut metadata = json!({"resourceVersion": version.to_string()});
+    let mut metadata = json!({"resourceVersion": page.resource_version.to_string()});
     if let Some(token) = &page.continue_token {
         metadata["continue"] = json!(token);
     }

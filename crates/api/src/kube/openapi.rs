@@ -100,8 +100,10 @@ fn document() -> Value {
             "get": operation(kind, "get", false), "put": operation(kind, "put", true),
             "patch": operation(kind, "patch", true), "delete": operation(kind, "delete", false),
         });
-        paths.insert(format!("{collection}/{{name}}"), item.clone());
-        paths.insert(format!("{collection}/{{name}}/status"), item);
+        if kind.reconciled() {
+            paths.insert(format!("{collection}/{{name}}/status"), item.clone());
+        }
+        paths.insert(format!("{collection}/{{name}}"), item);
         schemas.insert(component_name(kind), kind_schema(kind));
     }
     schemas.insert(OBJECT_META.into(), object_meta_schema());

@@ -57,7 +57,14 @@ pub async fn watch(
     let events = Events { sender, kind, as_table, include };
 
     let initial = send_initial || requested.is_none();
-    let start = if initial { state.feed.cursor() } else { requested.unwrap_or_default() };
+    // the initial objects and the point the live events start from come from one snapshot
+    let (listed, start) = if initial {
+        let all = ListQuery { all: true, continue_after: None, feed_cursor: state.feed_cursor(), ..query.clone() };
+        let page = state.store.list(kind, &all).await?;
+        (page.items, page.resource_version)
+    } else {
+        (Vec::new(), requested.unwrap_or_default())
+    };
     let (backlog, live) = match state.feed.subscribe_from(start) {
         Ok(subscription) => (subscription.backlog, subscription.live),
         Err(expired) => {
@@ -65,7 +72,6 @@ pub async fn watch(
             return Ok(stream_response(receiver));
         }
     };
-    let listed = if initial { list_all(&state, kind, &query).await? } else { Vec::new() };
     tokio::spawn(async move {
         let mut seen: HashMap<Uuid, i64> = HashMap::new();
         for object in &listed {
@@ -114,15 +120,20 @@ pub async fn watch(
                 continue;
             }
             last = change.resource_version;
-            if !filter.matches(&change) {
+            let Some(event_type) = filter.event_type(&change) else {
                 continue;
-            }
+            };
             if let Some(uid) = change.uid
                 && seen.get(&uid).is_some_and(|listed_version| *listed_version >= change.resource_version)
             {
                 continue;
             }
-            if !events.send_change(&change).await {
+            let sent = if event_type == change.event_type {
+                events.send_change(&change).await
+            } else {
+                events.send(event_type, change.object.clone()).await
+            };
+            if !sent {
                 return;
             }
         }
@@ -135,25 +146,30 @@ fn stream_response(receiver: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> R
     ([(CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-async fn list_all(state: &AppState, kind: Kind, query: &ListQuery) -> ApiResult<Vec<StoredObject>> {
-    let mut query = ListQuery { limit: Some(crate::store::read::MAX_LIMIT), continue_after: None, ..query.clone() };
-    let mut objects = Vec::new();
-    loop {
-        let page = state.store.list(kind, &query).await?;
-        objects.extend(page.items);
-        match page.continue_token {
-            Some(token) => query.continue_after = Some(crate::store::ContinueToken::decode(&token)?),
-            None => return Ok(objects),
-        }
-    }
-}
-
 struct Filter {
     kind: Kind,
     query: ListQuery,
 }
 
 impl Filter {
+    /// The event this watcher sees for `change`, if any: an object whose labels leave the selection is DELETED for
+    /// it, one whose labels enter it is ADDED, as kube-apiserver does.
+    fn event_type<'a>(&self, change: &'a Change) -> Option<&'a str> {
+        if !self.matches(change) {
+            let previous = change.previous_labels.as_ref()?;
+            return (change.event_type == "MODIFIED" && self.selects(change, previous)).then_some("DELETED");
+        }
+        match &change.previous_labels {
+            Some(previous) if change.event_type == "MODIFIED" && !self.selects(change, previous) => Some("ADDED"),
+            _ => Some(change.event_type.as_str()),
+        }
+    }
+
+    /// Whether the object, with `labels` instead of its own, matches.
+    fn selects(&self, change: &Change, labels: &BTreeMap<String, String>) -> bool {
+        self.query.labels.matches(labels) && self.matches_fields(change)
+    }
+
     fn matches(&self, change: &Change) -> bool {
         if change.kind != self.kind.as_str() {
             return false;
@@ -163,9 +179,18 @@ impl Filter {
         }
         let metadata = &change.object["metadata"];
         let labels: BTreeMap<String, String> = serde_json::from_value(metadata["labels"].clone()).unwrap_or_default();
-        if !self.query.labels.matches(&labels) {
+        self.query.labels.matches(&labels) && self.matches_fields(change)
+    }
+
+    /// Kind, namespace and field selector (all immutable for an object).
+    fn matches_fields(&self, change: &Change) -> bool {
+        if change.kind != self.kind.as_str() {
             return false;
         }
+        if self.query.namespace.as_ref().is_some_and(|namespace| *namespace != change.namespace) {
+            return false;
+        }
+        let metadata = &change.object["metadata"];
         self.query.fields.matches(|field| {
             let value = match field {
                 "metadata.name" => &metadata["name"],

@@ -11,7 +11,7 @@
 //! Retention: the last [`BUFFER`] changes stay in memory; a watch from an older resourceVersion gets 410 Expired
 //! and the client relists. Log rows older than [`RETENTION`] are pruned.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
@@ -41,6 +41,8 @@ pub struct Change {
     pub namespace: String,
     pub uid: Option<Uuid>,
     pub object: Value,
+    /// The labels before this change when it changed them.
+    pub previous_labels: Option<BTreeMap<String, String>>,
     /// The watch event line (`{"type","object"}` and a newline), serialized once for every watcher.
     pub line: OnceLock<bytes::Bytes>,
 }
@@ -67,6 +69,7 @@ struct ChangeRow {
     namespace: String,
     uid: Option<Uuid>,
     object: Option<sqlx::types::Json<Value>>,
+    previous_labels: Option<sqlx::types::Json<BTreeMap<String, String>>>,
 }
 
 /// What a watcher starts with: the buffered changes it missed, then the live ones.
@@ -182,7 +185,7 @@ impl ChangeFeed {
         loop {
             let cursor = self.cursor();
             let rows: Vec<ChangeRow> = sqlx::query_as(
-                "select resource_version, event_type, kind, namespace, uid, object from changes
+                "select resource_version, event_type, kind, namespace, uid, object, previous_labels from changes
                  where resource_version > $1 order by resource_version limit 1000",
             )
             .bind(cursor)
@@ -202,6 +205,7 @@ impl ChangeFeed {
                     namespace: row.namespace,
                     uid: row.uid,
                     object: row.object.map(|object| object.0).unwrap_or(Value::Null),
+                    previous_labels: row.previous_labels.map(|labels| labels.0),
                     line: OnceLock::new(),
                 });
                 self.publish(change, row.resource_version);

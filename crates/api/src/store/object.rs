@@ -59,6 +59,9 @@ pub(crate) struct ObjectRow {
     pub last_ready_generation: Option<i64>,
     pub epoch: i64,
     pub reports: Option<Json<Vec<ControllerReport>>>,
+    /// Set by list queries only.
+    #[sqlx(default)]
+    pub list_resource_version: Option<i64>,
 }
 
 /// A cache write that a read owes: the aggregate computed at `status_seq` with the registry at `epoch`.

@@ -48,6 +48,11 @@ pub struct ListQuery {
     /// Page size; `None` gives the default, values above the maximum are capped.
     pub limit: Option<i64>,
     pub continue_after: Option<ContinueToken>,
+    /// Every item, no pages (the initial events of a watch).
+    pub all: bool,
+    /// The change feed's cursor read before this list: with it, the list's resourceVersion is the highest one whose
+    /// changes are all visible to the list, so a watch from it misses nothing. Without it, the sequence's value.
+    pub feed_cursor: Option<i64>,
 }
 
 #[derive(Clone, Debug)]
@@ -125,6 +130,25 @@ fn push_field_requirement(builder: &mut QueryBuilder<Postgres>, requirement: &Fi
     }
 }
 
+/// A `with list_version as (...)` prefix computing the list's resourceVersion in the list's own snapshot: from the
+/// feed's cursor, the end of the unbroken run of logged resourceVersions that follows it (every change up to there is
+/// visible here; a later one may still be open, and a watch from here will deliver it).
+fn push_list_version(builder: &mut QueryBuilder<Postgres>, feed_cursor: Option<i64>) {
+    match feed_cursor {
+        Some(cursor) => {
+            builder.push("with list_version as (select coalesce(max(resource_version), ").push_bind(cursor);
+            builder.push(") as value from (select resource_version, resource_version - row_number() over (order by resource_version) as run from changes where resource_version > ");
+            builder.push_bind(cursor).push(" and resource_version <= ").push_bind(cursor.saturating_add(1_000_000));
+            builder.push(") runs where run = ").push_bind(cursor).push(") ");
+        }
+        None => {
+            builder.push(
+                "with list_version as (select coalesce(pg_sequence_last_value('resource_version_seq'), 0) as value) ",
+            );
+        }
+    }
+}
+
 /// The wall clock, truncated to seconds as Kubernetes timestamps are.
 pub(crate) fn now_seconds() -> jiff::Timestamp {
     jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).expect("now is a valid timestamp")
@@ -143,7 +167,13 @@ impl Store {
     /// Lists objects in (namespace, name) order, one page at a time.
     pub async fn list(&self, kind: Kind, query: &ListQuery) -> Result<ListResult> {
         let limit = query.limit.filter(|limit| *limit > 0).unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
-        let mut builder = QueryBuilder::new(select_object(false));
+        let mut builder = QueryBuilder::new("");
+        push_list_version(&mut builder, query.feed_cursor);
+        builder.push(select_object(false).replacen(
+            "select ",
+            "select (select value from list_version) as list_resource_version, ",
+            1,
+        ));
         builder.push(" where o.kind = ").push_bind(kind.as_str());
         if let Some(namespace) = &query.namespace {
             builder.push(" and o.namespace = ").push_bind(namespace.clone());
@@ -158,15 +188,21 @@ impl Store {
             builder.push(" and (o.namespace, o.name) > (").push_bind(after.namespace.clone());
             builder.push(", ").push_bind(after.name.clone()).push(")");
         }
-        builder.push(" order by o.namespace, o.name limit ").push_bind(limit + 1);
-
-        let mut connection = self.pool.acquire().await?;
-        let (resource_version,): (i64,) =
-            sqlx::query_as("select coalesce(pg_sequence_last_value('resource_version_seq'), 0)")
-                .fetch_one(&mut *connection)
-                .await?;
-        let mut rows: Vec<ObjectRow> = builder.build_query_as().fetch_all(&mut *connection).await?;
-        drop(connection);
+        builder.push(" order by o.namespace, o.name");
+        if !query.all {
+            builder.push(" limit ").push_bind(limit + 1);
+        }
+        let mut rows: Vec<ObjectRow> = builder.build_query_as().fetch_all(&self.pool).await?;
+        let resource_version = match rows.first() {
+            Some(row) => row.list_resource_version.unwrap_or_default(),
+            None => {
+                let mut builder = QueryBuilder::new("");
+                push_list_version(&mut builder, query.feed_cursor);
+                builder.push("select value from list_version");
+                let (version,): (i64,) = builder.build_query_as().fetch_one(&self.pool).await?;
+                version
+            }
+        };
         let continue_token = if rows.len() as i64 > limit {
             rows.truncate(limit as usize);
             rows.last().map(|row| ContinueToken { namespace: row.namespace.clone(), name: row.name.clone() }.encode())

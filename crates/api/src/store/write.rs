@@ -2,6 +2,8 @@
 //! cascade, and controller registration. Each runs in one transaction that locks the rows it changes and writes the
 //! outbox events and schedule rows of its changes; deadlocks between cascades are retried.
 
+use std::collections::{BTreeMap, HashSet};
+
 use cls_core::aggregate::Registration;
 use cls_core::event::EventKind;
 use cls_core::manifest::{Manifest, Spec};
@@ -91,8 +93,9 @@ impl Store {
                 return Ok(Ok((self.get(kind, &ObjectKey::Uid(current.uid)).await?, change)));
             }
             let object = self.render(&mut transaction, current.uid).await?;
-            record_change(&mut transaction, "MODIFIED", &object).await?;
-            self.finalize_if_done(&mut transaction, current.uid).await?;
+            let previous_labels = (object.labels != current.labels).then_some(&current.labels);
+            record_change_from(&mut transaction, "MODIFIED", &object, previous_labels).await?;
+            self.finalize_if_done(&mut transaction, current.uid, &mut HashSet::new()).await?;
             self.finish(transaction).await?;
             Ok(Ok((object, change)))
         })
@@ -108,28 +111,37 @@ impl Store {
             let row = self.lock(&mut transaction, kind, key).await?;
             let row = row.ok_or_else(|| StoreError::NotFound { kind, name: key_name(key) })?;
             let uid = row.uid;
+            // objects marked deleting here whose change is not logged yet: logged as MODIFIED if they stay, or
+            // their resourceVersion becomes the tombstone's if they go, so a plain delete is one DELETED event
+            let mut unlogged = HashSet::new();
             if force {
                 let object = self.render(&mut transaction, uid).await?;
                 if kind == Kind::Cluster {
                     for service in self.services_of(&mut transaction, &object.namespace, &object.name).await? {
-                        self.remove(&mut transaction, service).await?;
+                        self.remove(&mut transaction, service, &mut unlogged).await?;
                     }
                 }
-                self.remove(&mut transaction, uid).await?;
+                self.remove(&mut transaction, uid, &mut unlogged).await?;
                 self.finish(transaction).await?;
                 return Ok(object);
             }
-            if row.deletion_timestamp.is_none() {
-                self.mark_deleting(&mut transaction, uid).await?;
+            if row.deletion_timestamp.is_none() && self.mark_deleting(&mut transaction, uid).await? {
+                unlogged.insert(uid);
             }
             let object = self.render(&mut transaction, uid).await?;
             if kind == Kind::Cluster {
                 for service in self.services_of(&mut transaction, &object.namespace, &object.name).await? {
-                    self.mark_deleting(&mut transaction, service).await?;
-                    self.finalize_if_done(&mut transaction, service).await?;
+                    if self.mark_deleting(&mut transaction, service).await? {
+                        unlogged.insert(service);
+                    }
+                    self.finalize_if_done(&mut transaction, service, &mut unlogged).await?;
                 }
             }
-            self.finalize_if_done(&mut transaction, uid).await?;
+            self.finalize_if_done(&mut transaction, uid, &mut unlogged).await?;
+            for remaining in unlogged {
+                let object = self.render(&mut transaction, remaining).await?;
+                record_change(&mut transaction, "MODIFIED", &object).await?;
+            }
             self.finish(transaction).await?;
             Ok(object)
         })
@@ -325,8 +337,9 @@ impl Store {
         Ok(Change::Updated)
     }
 
-    /// Sets `deletionTimestamp` and bumps generation, unless already deleting.
-    async fn mark_deleting(&self, connection: &mut PgConnection, uid: Uuid) -> Result<()> {
+    /// Sets `deletionTimestamp` and bumps generation, unless already deleting; answers whether it did. The caller
+    /// logs the change (see [`Store::delete`]).
+    async fn mark_deleting(&self, connection: &mut PgConnection, uid: Uuid) -> Result<bool> {
         let marked = sqlx::query(
             "update objects set deletion_timestamp = now(), generation = generation + 1, status_seq = status_seq + 1,
                  resource_version = nextval('resource_version_seq'), updated_at = now()
@@ -335,20 +348,26 @@ impl Store {
         .bind(uid)
         .execute(&mut *connection)
         .await?;
-        if marked.rows_affected() == 1 {
-            let object = self.render(&mut *connection, uid).await?;
-            if object.kind.reconciled() {
-                self.record_event(&mut *connection, uid, EventKind::Deleting).await?;
-                self.schedule(&mut *connection, uid, true).await?;
-            }
-            record_change(&mut *connection, "MODIFIED", &object).await?;
+        if marked.rows_affected() == 0 {
+            return Ok(false);
         }
-        Ok(())
+        let (kind,): (String,) =
+            sqlx::query_as("select kind from objects where uid = $1").bind(uid).fetch_one(&mut *connection).await?;
+        if Kind::from_kind_name(&kind).is_some_and(Kind::reconciled) {
+            self.record_event(&mut *connection, uid, EventKind::Deleting).await?;
+            self.schedule(&mut *connection, uid, true).await?;
+        }
+        Ok(true)
     }
 
     /// Removes a deleting object once no finalizer (and, for a Cluster, no Service) is left; a removed Service may
     /// in turn let its deleting Cluster go.
-    async fn finalize_if_done(&self, connection: &mut PgConnection, uid: Uuid) -> Result<()> {
+    async fn finalize_if_done(
+        &self,
+        connection: &mut PgConnection,
+        uid: Uuid,
+        unlogged: &mut HashSet<Uuid>,
+    ) -> Result<()> {
         let done: Option<(String, String, Option<String>)> = sqlx::query_as(
             "select o.kind, o.namespace, o.cluster_name from objects o
              where o.uid = $1 and o.deletion_timestamp is not null and o.finalizers = '{}'
@@ -361,7 +380,7 @@ impl Store {
         let Some((kind, namespace, cluster_name)) = done else {
             return Ok(());
         };
-        self.remove(&mut *connection, uid).await?;
+        self.remove(&mut *connection, uid, unlogged).await?;
         if let ("Service", Some(cluster)) = (kind.as_str(), cluster_name) {
             let cluster: Option<(Uuid,)> = sqlx::query_as(
                 "select uid from objects where kind = 'Cluster' and namespace = $1 and name = $2
@@ -372,26 +391,31 @@ impl Store {
             .fetch_optional(&mut *connection)
             .await?;
             if let Some((cluster_uid,)) = cluster {
-                Box::pin(self.finalize_if_done(connection, cluster_uid)).await?;
+                Box::pin(self.finalize_if_done(connection, cluster_uid, unlogged)).await?;
             }
         }
         Ok(())
     }
 
-    /// Removes the row and writes the `deleted` event (its tombstone takes a resourceVersion of its own).
-    async fn remove(&self, connection: &mut PgConnection, uid: Uuid) -> Result<()> {
+    /// Removes the row and writes the `deleted` event. Its tombstone takes a resourceVersion of its own, or the one
+    /// the object got in this transaction when that change is in `unlogged`.
+    async fn remove(&self, connection: &mut PgConnection, uid: Uuid, unlogged: &mut HashSet<Uuid>) -> Result<()> {
+        let reuse_version = unlogged.remove(&uid);
         let mut last = self.render(&mut *connection, uid).await?;
         let removed: Option<(String, String, i64)> = sqlx::query_as(
             "with gone as (delete from objects where uid = $1
-                           returning uid, kind, namespace, name, generation, platform),
+                           returning uid, kind, namespace, name, generation, platform, resource_version),
              event as (insert into outbox (event_id, event_type, kind, uid, namespace, name, generation, platform)
                        select $2, lower(gone.kind) || '.deleted', gone.kind, gone.uid, gone.namespace, gone.name,
                               gone.generation, gone.platform
                        from gone where gone.kind <> 'Controller')
-             select kind, name, nextval('resource_version_seq') from gone",
+             select kind, name,
+                    case when $3 then resource_version else nextval('resource_version_seq') end
+             from gone",
         )
         .bind(uid)
         .bind(Uuid::new_v4())
+        .bind(reuse_version)
         .fetch_optional(&mut *connection)
         .await?;
         let Some((kind, name, tombstone_version)) = removed else {
@@ -453,9 +477,19 @@ impl Store {
 
 /// Writes the watch log row of a change: the object as it is after the change, under its resourceVersion.
 pub(crate) async fn record_change(connection: &mut PgConnection, event: &str, object: &StoredObject) -> Result<()> {
+    record_change_from(connection, event, object, None).await
+}
+
+/// [`record_change`] for a change that moved the labels away from `previous_labels`.
+pub(crate) async fn record_change_from(
+    connection: &mut PgConnection,
+    event: &str,
+    object: &StoredObject,
+    previous_labels: Option<&BTreeMap<String, String>>,
+) -> Result<()> {
     sqlx::query(
-        "insert into changes (resource_version, event_type, kind, namespace, uid, object)
-         values ($1, $2, $3, $4, $5, $6)",
+        "insert into changes (resource_version, event_type, kind, namespace, uid, object, previous_labels)
+         values ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(object.resource_version)
     .bind(event)
@@ -463,6 +497,7 @@ pub(crate) async fn record_change(connection: &mut PgConnection, event: &str, ob
     .bind(&object.namespace)
     .bind(object.uid)
     .bind(Json(object.to_json()))
+    .bind(previous_labels.map(Json))
     .execute(connection)
     .await?;
     Ok(())
