@@ -16,11 +16,3 @@ create table changes (
     updated_at       timestamptz not null default now()
 );
 create index changes_created_at on changes (created_at);
-
-create function notify_changes() returns trigger language plpgsql as $$
-begin
-    perform pg_notify('cls_changes', '');
-    return null;
-end
-$$;
-create trigger changes_notify after insert on changes for each statement execute function notify_changes();

@@ -348,7 +348,7 @@ async fn a_resource_version_older_than_the_feed_start_gets_http_200_and_an_error
         }
         // a second API process over the same database whose change feed starts now, after those changes
         let state = AppState::new(Store::new(api.db.pool.clone(), ScheduleConfig::default()));
-        tokio::spawn(state.feed.clone().run(api.db.pool.clone(), tokio_util::sync::CancellationToken::new()));
+        tokio::spawn(state.feed.clone().run(state.store.clone(), tokio_util::sync::CancellationToken::new()));
         tokio::time::timeout(WAIT, async {
             while !state.feed.is_running() {
                 tokio::time::sleep(Duration::from_millis(10)).await;

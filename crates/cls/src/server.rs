@@ -81,6 +81,7 @@ pub async fn serve(
     state.migrated = Arc::new(AtomicBool::new(false));
     let migrated = state.migrated.clone();
     let feed = state.feed.clone();
+    let store = state.store.clone();
     let app = cls_api::router(state);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener.local_addr()?;
@@ -96,7 +97,8 @@ pub async fn serve(
         }
         migrated.store(true, Ordering::Release);
         tracing::info!("migrations applied; api ready");
-        feed.run(pool.clone(), shutdown.clone()).await;
+        tokio::spawn(cls_api::store::notify_listeners(store.clone(), shutdown.clone()));
+        feed.run(store, shutdown.clone()).await;
         anyhow::Ok(())
     };
     let (served, migrated) = tokio::join!(server, migrations);

@@ -1,6 +1,6 @@
 //! The outbox relay: publishes committed outbox rows and deletes each only after the bus acknowledged it.
 //!
-//! Flow: wait for a `cls_outbox` notification (the trigger of migration `20261122010000_reconciler.sql` sends one
+//! Flow: wait for a `cls_outbox` notification (the API's notifier and the scheduler send one after they commit
 //! when events commit) or the poll interval; in one transaction claim a batch, publish it, delete what the bus
 //! acknowledged, commit. Repeat at once while batches come back full.
 //!

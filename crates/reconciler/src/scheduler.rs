@@ -217,6 +217,8 @@ impl Scheduler {
             .bind(self.config.jitter)
             .execute(&mut *transaction)
             .await?;
+        // one wake-up for the relays per batch (a NOTIFY per write would serialize commits)
+        sqlx::query("select pg_notify($1, '')").bind(crate::relay::CHANNEL).execute(&mut *transaction).await?;
         transaction.commit().await?;
         for (row, reason) in due.iter().zip(&reasons) {
             self.metrics.claimed_tick_lag_seconds.observe(row.lag_seconds.max(0.0));

@@ -3,8 +3,10 @@
 
 pub mod body;
 pub mod error;
+pub mod metrics;
 pub(crate) mod query;
 pub(crate) mod rest;
+pub(crate) mod ui;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,14 +28,21 @@ pub struct AppState {
     pub store: Store,
     /// The change feed behind watches and list resourceVersions; `run` it after the migrations.
     pub feed: Arc<ChangeFeed>,
-    /// False until the database is migrated: until then only `/healthz` answers 200, everything else 503.
+    /// False until the database is migrated: until then only `/healthz` and `/metrics` answer, everything else 503.
     pub migrated: Arc<AtomicBool>,
+    /// Request, pool and watch metrics served at `/metrics`.
+    pub metrics: metrics::HttpMetrics,
 }
 
 impl AppState {
     /// State for a store whose database is already migrated.
     pub fn new(store: Store) -> Self {
-        AppState { store, feed: Arc::new(ChangeFeed::new()), migrated: Arc::new(AtomicBool::new(true)) }
+        AppState {
+            store,
+            feed: Arc::new(ChangeFeed::new()),
+            migrated: Arc::new(AtomicBool::new(true)),
+            metrics: metrics::HttpMetrics::new(),
+        }
     }
 
     /// The change feed's cursor, for a list about to be read (`None` while the feed is not running).
@@ -43,7 +52,7 @@ impl AppState {
 }
 
 async fn until_migrated(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if state.migrated.load(Ordering::Acquire) || request.uri().path() == "/healthz" {
+    if state.migrated.load(Ordering::Acquire) || matches!(request.uri().path(), "/healthz" | "/metrics") {
         next.run(request).await
     } else {
         ApiError::unavailable("the server is starting: waiting for the database").into_response()
@@ -55,12 +64,15 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::metrics))
+        .merge(ui::routes())
         .merge(rest::routes())
         .merge(crate::kube::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), until_migrated))
+        .layer(middleware::from_fn_with_state(state.clone(), metrics::observe))
         .with_state(state)
 }
 

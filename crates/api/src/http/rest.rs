@@ -40,7 +40,7 @@ fn key_of(kind: Kind, id: &str) -> ApiResult<ObjectKey> {
 }
 
 fn object(code: StatusCode, object: &StoredObject) -> Response {
-    (code, axum::Json(object.to_json())).into_response()
+    (code, axum::Json(object)).into_response()
 }
 
 /// Parses a manifest for `kind`, 400/422 as it deserves.
@@ -62,13 +62,12 @@ async fn list(
     if let Some(token) = &page.continue_token {
         metadata["continue"] = json!(token);
     }
-    let items: Vec<Value> = page.items.iter().map(StoredObject::to_json).collect();
-    Ok(axum::Json(json!({
-        "apiVersion": cls_core::API_VERSION,
-        "kind": kind.list_kind(),
-        "metadata": metadata,
-        "items": items,
-    }))
+    Ok(axum::Json(ListBody {
+        api_version: cls_core::API_VERSION,
+        kind: kind.list_kind(),
+        metadata,
+        items: &page.items,
+    })
     .into_response())
 }
 
@@ -158,6 +157,16 @@ async fn report(
         manifest::typed("", body.document()?).map_err(|error| ApiError::invalid(kind, &id, &[error]))?;
     let updated = state.store.report(kind, uid, report).await?;
     Ok(object(StatusCode::OK, &updated))
+}
+
+/// A Kubernetes list, serialized straight from the stored objects.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListBody<'a> {
+    pub api_version: &'static str,
+    pub kind: &'static str,
+    pub metadata: Value,
+    pub items: &'a [StoredObject],
 }
 
 /// A patch document: JSON merge patch (RFC 7386) or JSON patch (RFC 6902).

@@ -23,7 +23,7 @@ use super::table::{IncludeObject, TABLE_CONTENT_TYPE, table, wants_table};
 use crate::http::AppState;
 use crate::http::body::Body;
 use crate::http::error::{ApiError, ApiResult};
-use crate::http::rest::{Patch, parse_manifest};
+use crate::http::rest::{ListBody, Patch, parse_manifest};
 use crate::store::{ObjectKey, Store, StoreError, StoredObject};
 
 pub fn routes() -> Router<AppState> {
@@ -95,13 +95,17 @@ impl Target {
 /// A JSON response with optional `Warning` headers.
 fn respond(code: StatusCode, body: Value, warnings: &[String]) -> Response {
     let mut response = (code, axum::Json(body)).into_response();
+    add_warnings(&mut response, warnings);
+    response
+}
+
+fn add_warnings(response: &mut Response, warnings: &[String]) {
     for warning in warnings {
         let text = format!("299 - {}", serde_json::to_string(warning).unwrap_or_default());
         if let Ok(value) = HeaderValue::from_str(&text) {
             response.headers_mut().append("warning", value);
         }
     }
-    response
 }
 
 fn accept(headers: &HeaderMap) -> Option<&str> {
@@ -128,7 +132,9 @@ fn object_response(
         response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(TABLE_CONTENT_TYPE));
         return response;
     }
-    respond(code, object.to_json(), warnings)
+    let mut response = (code, axum::Json(object)).into_response();
+    add_warnings(&mut response, warnings);
+    response
 }
 
 fn store_for(state: &AppState, params: &KubeParams) -> ApiResult<Store> {
@@ -326,11 +332,9 @@ async fn list(state: AppState, target: Target, raw: Option<String>, headers: Hea
         response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(TABLE_CONTENT_TYPE));
         return Ok(response);
     }
-    let items: Vec<Value> = page.items.iter().map(StoredObject::to_json).collect();
-    Ok(axum::Json(json!({
-        "apiVersion": cls_core::API_VERSION, "kind": target.kind.list_kind(), "metadata": metadata, "items": items,
-    }))
-    .into_response())
+    let body =
+        ListBody { api_version: cls_core::API_VERSION, kind: target.kind.list_kind(), metadata, items: &page.items };
+    Ok(axum::Json(body).into_response())
 }
 
 async fn create(

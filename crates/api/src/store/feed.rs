@@ -28,6 +28,8 @@ use super::Result;
 pub const BUFFER: usize = 20_000;
 /// Age after which log rows are pruned.
 pub const RETENTION: Duration = Duration::from_secs(15 * 60);
+/// How often the feed looks for changes when nothing woke it.
+const POLL: Duration = Duration::from_millis(250);
 /// How long a gap may stay open before the feed resolves it.
 const GAP_GRACE: Duration = Duration::from_millis(30);
 
@@ -152,10 +154,13 @@ impl ChangeFeed {
         self.cursor.store(resource_version, Ordering::Release);
     }
 
-    /// Reads the log until `shutdown`. Start it once per process, after the migrations.
-    pub async fn run(self: Arc<Self>, pool: sqlx::PgPool, shutdown: CancellationToken) {
+    /// Reads the log until `shutdown`. Start it once per process, after the migrations. It wakes when `commits`
+    /// moves (this process's writes), on a notification (other processes'), or every [`POLL`].
+    pub async fn run(self: Arc<Self>, store: super::Store, shutdown: CancellationToken) {
+        let pool = store.pool().clone();
+        let mut commits = store.commits();
         loop {
-            match self.clone().follow(&pool, &shutdown).await {
+            match self.clone().follow(&pool, &mut commits, &shutdown).await {
                 Ok(()) => break,
                 Err(error) => {
                     tracing::warn!(error = %error, "change feed interrupted; resuming");
@@ -169,9 +174,14 @@ impl ChangeFeed {
         tracing::info!("change feed stopped");
     }
 
-    async fn follow(self: Arc<Self>, pool: &sqlx::PgPool, shutdown: &CancellationToken) -> Result<()> {
+    async fn follow(
+        self: Arc<Self>,
+        pool: &sqlx::PgPool,
+        commits: &mut tokio::sync::watch::Receiver<u64>,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
         let mut listener = PgListener::connect_with(pool).await?;
-        listener.listen("cls_changes").await?;
+        listener.listen(super::CHANGES_CHANNEL).await?;
         if !self.is_running() {
             let (start,): (i64,) =
                 sqlx::query_as("select coalesce(max(resource_version), 0) from changes").fetch_one(pool).await?;
@@ -235,7 +245,8 @@ impl ChangeFeed {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 notification = listener.recv() => { notification?; }
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = commits.changed() => {}
+                _ = tokio::time::sleep(POLL) => {}
             }
         }
     }

@@ -14,7 +14,10 @@ mod registry;
 mod report;
 mod write;
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::watch;
 
 use cls_core::Kind;
 use cls_core::validation::FieldErrors;
@@ -169,11 +172,14 @@ pub struct Store {
     registry: RegistryCache,
     /// Writes run to the end and roll back (`dryRun=All`).
     dry_run: bool,
+    /// Counts committed writes: the change feed and the notifier wait on it.
+    committed: Arc<watch::Sender<u64>>,
 }
 
 impl Store {
     pub fn new(pool: sqlx::PgPool, schedule: ScheduleConfig) -> Self {
-        Store { pool, schedule, registry: RegistryCache::default(), dry_run: false }
+        let (committed, _) = watch::channel(0);
+        Store { pool, schedule, registry: RegistryCache::default(), dry_run: false, committed: Arc::new(committed) }
     }
 
     /// The same store with writes that validate, run and roll back, persisting nothing.
@@ -184,11 +190,22 @@ impl Store {
     /// Commits, or rolls back in a dry run.
     async fn finish(&self, transaction: sqlx::Transaction<'_, sqlx::Postgres>) -> Result<()> {
         if self.dry_run {
-            transaction.rollback().await?
+            transaction.rollback().await?;
         } else {
-            transaction.commit().await?
+            transaction.commit().await?;
+            self.committed();
         }
         Ok(())
+    }
+
+    /// Signals a committed write.
+    fn committed(&self) {
+        self.committed.send_modify(|count| *count = count.wrapping_add(1));
+    }
+
+    /// A receiver that changes after every write this store commits.
+    pub fn commits(&self) -> watch::Receiver<u64> {
+        self.committed.subscribe()
     }
 
     pub fn pool(&self) -> &sqlx::PgPool {
@@ -199,6 +216,33 @@ impl Store {
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("select 1").execute(&self.pool).await?;
         Ok(())
+    }
+}
+
+/// Channels woken after writes commit: the change feed of other API processes and the outbox relays listen.
+pub const CHANGES_CHANNEL: &str = "cls_changes";
+pub const OUTBOX_CHANNEL: &str = "cls_outbox";
+
+/// Wakes the listeners of other processes after this store's writes commit, with one `NOTIFY` per burst of writes.
+/// Writes do not notify themselves: a `NOTIFY` takes a database-wide lock until its transaction has committed, which
+/// would serialize every write's commit (and its disk flush) behind the others.
+pub async fn notify_listeners(store: Store, shutdown: tokio_util::sync::CancellationToken) {
+    let mut commits = store.commits();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = commits.changed() => if changed.is_err() { return },
+        }
+        let notified = sqlx::query("select pg_notify($1, ''), pg_notify($2, '')")
+            .bind(CHANGES_CHANNEL)
+            .bind(OUTBOX_CHANNEL)
+            .execute(&store.pool)
+            .await;
+        if let Err(error) = notified {
+            tracing::debug!(error = %error, "cannot notify listeners; they poll");
+        }
+        // let the next burst gather
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 

@@ -7,7 +7,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use cls_core::aggregate::{AggregateInput, Registration, aggregate, required_set};
 use cls_core::resources::{ControllerReport, ObjectStatus};
 use cls_core::{API_VERSION, Kind};
-use serde_json::{Map, Value, json};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::{Value, json};
 use sqlx::types::Json;
 use uuid::Uuid;
 
@@ -132,8 +133,8 @@ impl ObjectRow {
     }
 
     /// The object with its cached status (Controllers' own status, or a clean aggregate).
-    pub fn into_cached_object(self) -> StoredObject {
-        let status = self.status.as_ref().map(|status| status.0.clone()).unwrap_or_else(|| json!({}));
+    pub fn into_cached_object(mut self) -> StoredObject {
+        let status = self.status.take().map(|status| status.0).unwrap_or_else(|| json!({}));
         self.into_object(status)
     }
 }
@@ -161,8 +162,8 @@ pub struct StoredObject {
     pub status: Value,
 }
 
-fn timestamp(time: &DateTime<Utc>) -> Value {
-    Value::String(time.to_rfc3339_opts(SecondsFormat::Secs, true))
+fn timestamp(time: &DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
 impl StoredObject {
@@ -205,45 +206,62 @@ impl StoredObject {
 
     /// The Kubernetes metadata object.
     pub fn metadata_json(&self) -> Value {
-        let mut metadata = Map::new();
-        metadata.insert("name".into(), Value::String(self.name.clone()));
-        if self.kind.namespaced() {
-            metadata.insert("namespace".into(), Value::String(self.namespace.clone()));
-        }
-        metadata.insert("uid".into(), Value::String(self.uid.to_string()));
-        metadata.insert("resourceVersion".into(), Value::String(self.resource_version.to_string()));
-        metadata.insert("generation".into(), Value::from(self.generation));
-        metadata.insert("creationTimestamp".into(), timestamp(&self.creation_timestamp));
-        if let Some(deletion) = &self.deletion_timestamp {
-            metadata.insert("deletionTimestamp".into(), timestamp(deletion));
-            metadata.insert("deletionGracePeriodSeconds".into(), Value::from(0));
-        }
-        if !self.labels.is_empty() {
-            metadata.insert("labels".into(), json!(self.labels));
-        }
-        if !self.annotations.is_empty() {
-            metadata.insert("annotations".into(), json!(self.annotations));
-        }
-        if !self.finalizers.is_empty() {
-            metadata.insert("finalizers".into(), json!(self.finalizers));
-        }
-        if !self.owner_references.is_empty() {
-            metadata.insert("ownerReferences".into(), json!(self.owner_references));
-        }
-        if !self.managed_fields.is_empty() {
-            metadata.insert("managedFields".into(), json!(self.managed_fields));
-        }
-        Value::Object(metadata)
+        serde_json::to_value(Metadata(self)).expect("metadata serializes")
     }
 
-    /// The whole object: `{apiVersion, kind, metadata, spec, status}`.
+    /// The whole object: `{apiVersion, kind, metadata, spec, status}`. Responses serialize the object directly
+    /// (it implements `Serialize`), without this intermediate value.
     pub fn to_json(&self) -> Value {
-        json!({
-            "apiVersion": API_VERSION,
-            "kind": self.kind.as_str(),
-            "metadata": self.metadata_json(),
-            "spec": self.spec,
-            "status": self.status,
-        })
+        serde_json::to_value(self).expect("objects serialize")
+    }
+}
+
+impl Serialize for StoredObject {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(5))?;
+        map.serialize_entry("apiVersion", API_VERSION)?;
+        map.serialize_entry("kind", self.kind.as_str())?;
+        map.serialize_entry("metadata", &Metadata(self))?;
+        map.serialize_entry("spec", &self.spec)?;
+        map.serialize_entry("status", &self.status)?;
+        map.end()
+    }
+}
+
+/// Serializes an object's metadata as Kubernetes does, leaving out empty fields.
+struct Metadata<'a>(&'a StoredObject);
+
+impl Serialize for Metadata<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        let object = self.0;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("name", &object.name)?;
+        if object.kind.namespaced() {
+            map.serialize_entry("namespace", &object.namespace)?;
+        }
+        map.serialize_entry("uid", &object.uid)?;
+        map.serialize_entry("resourceVersion", &object.resource_version.to_string())?;
+        map.serialize_entry("generation", &object.generation)?;
+        map.serialize_entry("creationTimestamp", &timestamp(&object.creation_timestamp))?;
+        if let Some(deletion) = &object.deletion_timestamp {
+            map.serialize_entry("deletionTimestamp", &timestamp(deletion))?;
+            map.serialize_entry("deletionGracePeriodSeconds", &0)?;
+        }
+        if !object.labels.is_empty() {
+            map.serialize_entry("labels", &object.labels)?;
+        }
+        if !object.annotations.is_empty() {
+            map.serialize_entry("annotations", &object.annotations)?;
+        }
+        if !object.finalizers.is_empty() {
+            map.serialize_entry("finalizers", &object.finalizers)?;
+        }
+        if !object.owner_references.is_empty() {
+            map.serialize_entry("ownerReferences", &object.owner_references)?;
+        }
+        if !object.managed_fields.is_empty() {
+            map.serialize_entry("managedFields", &object.managed_fields)?;
+        }
+        map.end()
     }
 }

@@ -138,6 +138,7 @@ impl Store {
             let Some((resource_version, _)) = written else {
                 continue;
             };
+            self.committed();
             object.resource_version = resource_version;
             return Ok(object);
         }

@@ -24,7 +24,7 @@ impl TestApi {
         let db = TestDb::new(&MIGRATOR).await;
         let store = Store::new(db.pool.clone(), schedule);
         let state = AppState::new(store.clone());
-        tokio::spawn(state.feed.clone().run(db.pool.clone(), tokio_util::sync::CancellationToken::new()));
+        tokio::spawn(state.feed.clone().run(state.store.clone(), tokio_util::sync::CancellationToken::new()));
         let app = cls_api::router(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let base = format!("http://{}", listener.local_addr().expect("local address"));

@@ -70,7 +70,7 @@ impl Environment {
         let store = cls_api::Store::new(pool.clone(), cls_api::ScheduleConfig::default());
         let state = cls_api::AppState::new(store);
         let shutdown = CancellationToken::new();
-        tokio::spawn(state.feed.clone().run(pool.clone(), shutdown.clone()));
+        tokio::spawn(state.feed.clone().run(state.store.clone(), shutdown.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
         let app = cls_api::router(state.clone());
