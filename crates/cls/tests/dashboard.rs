@@ -1,0 +1,176 @@
+//! The `/ui` dashboard in headless Chromium against the real `cls up`: the page loads, asks for a token, sends the
+//! one from the URL fragment, shows objects created through the API and turns a Cluster Ready when a controller
+//! reports. The browser side is `tests/ui/dashboard.mjs` (Playwright's `playwright-core`, driving Debian's
+//! `/usr/bin/chromium`); screenshots are kept in `target/ui-artifacts/`.
+//!
+//! Chromium is installed with apt-get when missing; the test is skipped (and says so) only when that fails too.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use cls_testkit::TestDb;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_cls");
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// A running `cls up`, killed on drop.
+struct Cls {
+    child: Child,
+    base: String,
+}
+
+impl Cls {
+    fn up(database_url: &str, home: &Path) -> Cls {
+        let mut child = Command::new(BINARY)
+            .args(["up", "--listen", "127.0.0.1:0"])
+            .env("DATABASE_URL", database_url)
+            .env("CLS_HOME", home)
+            .env("CLS_LOG_FORMAT", "json")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cls starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("cls: {line}");
+            }
+        });
+        let (address_sender, address) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(base) = line.strip_prefix("cls api listening on ") {
+                    let _ = address_sender.send(base.to_owned());
+                }
+            }
+        });
+        let base = address.recv_timeout(Duration::from_secs(60)).expect("cls prints its address");
+        Cls { child, base }
+    }
+}
+
+impl Drop for Cls {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `command` to completion within `limit`, returning (success, stdout and stderr).
+fn run_bounded(command: &mut Command, limit: Duration) -> (bool, String) {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("command starts");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let err = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let output = format!("{}{}", out.join().unwrap_or_default(), err.join().unwrap_or_default());
+    match status {
+        Some(status) => (status.success(), output),
+        None => (false, format!("{output}\n(killed after {limit:?})")),
+    }
+}
+
+/// Debian's Chromium, installed when missing. `None` when it is missing and cannot be installed.
+fn chromium() -> Option<&'static str> {
+    if Path::new(CHROMIUM).exists() {
+        return Some(CHROMIUM);
+    }
+    eprintln!("{CHROMIUM} is missing: trying apt-get install -y chromium");
+    let mut install = Command::new("sh");
+    install
+        .args(["-c", "apt-get update -qq && apt-get install -y -qq chromium"])
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    let (installed, output) = run_bounded(&mut install, Duration::from_secs(480));
+    if installed && Path::new(CHROMIUM).exists() {
+        return Some(CHROMIUM);
+    }
+    eprintln!("apt-get install chromium failed:\n{output}");
+    None
+}
+
+/// `tests/ui` with `playwright-core` installed (npm, from the committed lock file).
+fn browser_test_project() -> PathBuf {
+    let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui");
+    if !project.join("node_modules/playwright-core/package.json").exists() {
+        let mut install = Command::new("npm");
+        install.args(["ci", "--no-audit", "--no-fund"]).current_dir(&project);
+        let (installed, output) = run_bounded(&mut install, Duration::from_secs(300));
+        assert!(installed, "npm ci in {} failed:\n{output}", project.display());
+    }
+    project
+}
+
+async fn wait_ready(base: &str) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(response) = client.get(format!("{base}/readyz")).send().await
+            && response.status() == 200
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "cls did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn dashboard_shows_objects_created_through_the_api_and_updates_when_their_status_changes() {
+    let Some(chromium) = chromium() else {
+        println!("SKIPPED dashboard test: {CHROMIUM} is missing and `apt-get install -y chromium` failed");
+        return;
+    };
+    let project = browser_test_project();
+    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("target dir").join("ui-artifacts");
+    let _ = std::fs::remove_file(artifacts.join("dashboard.png"));
+    let db = TestDb::new(&cls_api::store::MIGRATOR).await;
+    let home = std::env::temp_dir().join(format!("cls-ui-home-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&home).expect("home");
+    let cls = Cls::up(&db.url, &home);
+    wait_ready(&cls.base).await;
+
+    let page = reqwest::get(format!("{}/ui", cls.base)).await.expect("GET /ui");
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.expect("body").contains("CLS dashboard"));
+
+    let mut node = Command::new("node");
+    node.arg("dashboard.mjs")
+        .current_dir(&project)
+        .env("CLS_BASE", &cls.base)
+        .env("CLS_UI_ARTIFACTS", &artifacts)
+        .env("CHROMIUM", chromium);
+    let (passed, output) = tokio::task::spawn_blocking(move || run_bounded(&mut node, Duration::from_secs(150)))
+        .await
+        .expect("browser test thread");
+    println!("{output}");
+    assert!(passed, "the browser test failed:\n{output}");
+    let screenshot = std::fs::read(artifacts.join("dashboard.png")).expect("the screenshot is kept");
+    assert!(screenshot.starts_with(b"\x89PNG"), "the screenshot is a PNG");
+
+    drop(cls);
+    let _ = std::fs::remove_dir_all(&home);
+}
