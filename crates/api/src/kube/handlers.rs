@@ -12,6 +12,7 @@ use axum::routing::get;
 use cls_core::manifest::{self, Expect};
 use cls_core::resources::ControllerReport;
 use cls_core::{GROUP, Kind, VERSION};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::apply::apply;
@@ -37,24 +38,36 @@ pub fn routes() -> Router<AppState> {
         .route("/openapi/v3", get(openapi::index))
         .route(&format!("/openapi/v3/apis/{GROUP}/{VERSION}"), get(openapi::group))
         .route("/openapi/v2", get(openapi::v2))
-        .route(&format!("{base}/{{plural}}"), get(cluster_collection_get).post(cluster_collection_post))
-        .route(
-            &format!("{base}/{{plural}}/{{name}}"),
-            get(cluster_item_get).put(cluster_item_put).patch(cluster_item_patch).delete(cluster_item_delete),
-        )
-        .route(
-            &format!("{base}/{{plural}}/{{name}}/status"),
-            get(cluster_item_get).put(cluster_status_put).patch(cluster_status_patch),
-        )
-        .route(&format!("{base}/namespaces/{{namespace}}/{{plural}}"), get(collection_get).post(collection_post))
+        .route(&format!("{base}/{{plural}}"), get(list).post(create))
+        .route(&format!("{base}/{{plural}}/{{name}}"), get(read).put(replace).patch(patch).delete(delete))
+        .route(&format!("{base}/{{plural}}/{{name}}/status"), get(read).put(put_status).patch(patch_status))
+        .route(&format!("{base}/namespaces/{{namespace}}/{{plural}}"), get(list).post(create))
         .route(
             &format!("{base}/namespaces/{{namespace}}/{{plural}}/{{name}}"),
-            get(item_get).put(item_put).patch(item_patch).delete(item_delete),
+            get(read).put(replace).patch(patch).delete(delete),
         )
         .route(
             &format!("{base}/namespaces/{{namespace}}/{{plural}}/{{name}}/status"),
-            get(item_get).put(status_put).patch(status_patch),
+            get(read).put(put_status).patch(patch_status),
         )
+}
+
+/// The path parameters of every route shape: all namespaces or cluster-scoped, or namespaced; collection or item.
+#[derive(Debug, Deserialize)]
+struct PathParams {
+    namespace: Option<String>,
+    plural: String,
+    name: Option<String>,
+}
+
+impl PathParams {
+    fn target(&self) -> ApiResult<Target> {
+        Target::resolve(&self.plural, self.namespace.clone())
+    }
+
+    fn name(&self) -> String {
+        self.name.clone().unwrap_or_default()
+    }
 }
 
 /// What a request addresses.
@@ -155,165 +168,15 @@ fn check_fields(kind: Kind, document: &Value, params: &KubeParams) -> ApiResult<
     Ok(unknown)
 }
 
-// ----- route shapes -----
-
-async fn collection_get(
-    State(state): State<AppState>,
-    Path((namespace, plural)): Path<(String, String)>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    list(state, Target::resolve(&plural, Some(namespace))?, raw, headers).await
-}
-
-async fn cluster_collection_get(
-    State(state): State<AppState>,
-    Path(plural): Path<String>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    list(state, Target::resolve(&plural, None)?, raw, headers).await
-}
-
-async fn collection_post(
-    State(state): State<AppState>,
-    Path((namespace, plural)): Path<(String, String)>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    create(state, Target::resolve(&plural, Some(namespace))?, raw, headers, body).await
-}
-
-async fn cluster_collection_post(
-    State(state): State<AppState>,
-    Path(plural): Path<String>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    create(state, Target::resolve(&plural, None)?, raw, headers, body).await
-}
-
-async fn item_get(
-    State(state): State<AppState>,
-    Path((namespace, plural, name)): Path<(String, String, String)>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    read(state, Target::resolve(&plural, Some(namespace))?, name, raw, headers).await
-}
-
-async fn cluster_item_get(
-    State(state): State<AppState>,
-    Path((plural, name)): Path<(String, String)>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    read(state, Target::resolve(&plural, None)?, name, raw, headers).await
-}
-
-async fn item_put(
-    State(state): State<AppState>,
-    Path((namespace, plural, name)): Path<(String, String, String)>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    replace(state, Target::resolve(&plural, Some(namespace))?, name, raw, headers, body).await
-}
-
-async fn cluster_item_put(
-    State(state): State<AppState>,
-    Path((plural, name)): Path<(String, String)>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    replace(state, Target::resolve(&plural, None)?, name, raw, headers, body).await
-}
-
-async fn item_patch(
-    State(state): State<AppState>,
-    Path((namespace, plural, name)): Path<(String, String, String)>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    patch(state, Target::resolve(&plural, Some(namespace))?, name, raw, headers, body).await
-}
-
-async fn cluster_item_patch(
-    State(state): State<AppState>,
-    Path((plural, name)): Path<(String, String)>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    patch(state, Target::resolve(&plural, None)?, name, raw, headers, body).await
-}
-
-async fn item_delete(
-    State(state): State<AppState>,
-    Path((namespace, plural, name)): Path<(String, String, String)>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    delete(state, Target::resolve(&plural, Some(namespace))?, name, raw, headers).await
-}
-
-async fn cluster_item_delete(
-    State(state): State<AppState>,
-    Path((plural, name)): Path<(String, String)>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    delete(state, Target::resolve(&plural, None)?, name, raw, headers).await
-}
-
-async fn status_put(
-    State(state): State<AppState>,
-    Path((namespace, plural, name)): Path<(String, String, String)>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    write_status(state, Target::resolve(&plural, Some(namespace))?, name, raw, headers, body, false).await
-}
-
-async fn cluster_status_put(
-    State(state): State<AppState>,
-    Path((plural, name)): Path<(String, String)>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    write_status(state, Target::resolve(&plural, None)?, name, raw, headers, body, false).await
-}
-
-async fn status_patch(
-    State(state): State<AppState>,
-    Path((namespace, plural, name)): Path<(String, String, String)>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    write_status(state, Target::resolve(&plural, Some(namespace))?, name, raw, headers, body, true).await
-}
-
-async fn cluster_status_patch(
-    State(state): State<AppState>,
-    Path((plural, name)): Path<(String, String)>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    write_status(state, Target::resolve(&plural, None)?, name, raw, headers, body, true).await
-}
-
 // ----- verbs -----
 
-async fn list(state: AppState, target: Target, raw: Option<String>, headers: HeaderMap) -> ApiResult<Response> {
+async fn list(
+    State(state): State<AppState>,
+    Path(path): Path<PathParams>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let target = path.target()?;
     let params = KubeParams::parse(raw.as_deref())?;
     let mut query = params.list_params().list_query(target.kind)?;
     query.namespace = target.namespace.clone();
@@ -338,12 +201,13 @@ async fn list(state: AppState, target: Target, raw: Option<String>, headers: Hea
 }
 
 async fn create(
-    state: AppState,
-    target: Target,
-    raw: Option<String>,
+    State(state): State<AppState>,
+    Path(path): Path<PathParams>,
+    RawQuery(raw): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    let target = path.target()?;
     target.require_scope()?;
     let params = KubeParams::parse(raw.as_deref())?;
     let document = body.document()?;
@@ -355,12 +219,13 @@ async fn create(
 }
 
 async fn read(
-    state: AppState,
-    target: Target,
-    name: String,
-    raw: Option<String>,
+    State(state): State<AppState>,
+    Path(path): Path<PathParams>,
+    RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
+    let target = path.target()?;
+    let name = path.name();
     target.require_scope()?;
     let params = KubeParams::parse(raw.as_deref())?;
     let object = state.store.get(target.kind, &target.key(&name)).await?;
@@ -368,13 +233,14 @@ async fn read(
 }
 
 async fn replace(
-    state: AppState,
-    target: Target,
-    name: String,
-    raw: Option<String>,
+    State(state): State<AppState>,
+    Path(path): Path<PathParams>,
+    RawQuery(raw): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    let target = path.target()?;
+    let name = path.name();
     target.require_scope()?;
     let params = KubeParams::parse(raw.as_deref())?;
     let document = body.document()?;
@@ -388,13 +254,14 @@ async fn replace(
 }
 
 async fn patch(
-    state: AppState,
-    target: Target,
-    name: String,
-    raw: Option<String>,
+    State(state): State<AppState>,
+    Path(path): Path<PathParams>,
+    RawQuery(raw): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    let target = path.target()?;
+    let name = path.name();
     target.require_scope()?;
     let params = KubeParams::parse(raw.as_deref())?;
     let store = store_for(&state, &params)?;
@@ -444,12 +311,13 @@ async fn patch(
 }
 
 async fn delete(
-    state: AppState,
-    target: Target,
-    name: String,
-    raw: Option<String>,
+    State(state): State<AppState>,
+    Path(path): Path<PathParams>,
+    RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
+    let target = path.target()?;
+    let name = path.name();
     target.require_scope()?;
     let params = KubeParams::parse(raw.as_deref())?;
     let deleted = store_for(&state, &params)?.delete(target.kind, &target.key(&name), false).await?;
@@ -458,15 +326,36 @@ async fn delete(
 
 /// PUT or PATCH of `/status`: each `status.controllers[]` entry that differs from the stored one is a controller
 /// report; the aggregate fields are read-only and ignored.
+async fn put_status(
+    state: State<AppState>,
+    path: Path<PathParams>,
+    raw: RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    write_status(state, path, raw, headers, body, false).await
+}
+
+async fn patch_status(
+    state: State<AppState>,
+    path: Path<PathParams>,
+    raw: RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    write_status(state, path, raw, headers, body, true).await
+}
+
 async fn write_status(
-    state: AppState,
-    target: Target,
-    name: String,
-    raw: Option<String>,
+    State(state): State<AppState>,
+    Path(path): Path<PathParams>,
+    RawQuery(raw): RawQuery,
     headers: HeaderMap,
     body: Body,
     is_patch: bool,
 ) -> ApiResult<Response> {
+    let target = path.target()?;
+    let name = path.name();
     target.require_scope()?;
     if !target.kind.reconciled() {
         return Err(ApiError::method_not_allowed());
