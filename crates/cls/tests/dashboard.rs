@@ -146,7 +146,9 @@ async fn dashboard_shows_objects_created_through_the_api_and_updates_when_their_
     };
     let project = browser_test_project();
     let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("target dir").join("ui-artifacts");
-    let _ = std::fs::remove_file(artifacts.join("dashboard.png"));
+    for stale in ["dashboard.png", "dashboard-pending.png", "dashboard-failure.png"] {
+        let _ = std::fs::remove_file(artifacts.join(stale));
+    }
     let db = TestDb::new(&cls_api::store::MIGRATOR).await;
     let home = std::env::temp_dir().join(format!("cls-ui-home-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&home).expect("home");
