@@ -1,6 +1,7 @@
 //! Wiring of the `cls` roles: flags, logging, shutdown, and the subcommands.
 
 mod bench;
+mod controller;
 mod kubeconfig;
 mod postgres;
 mod reconciler;
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub use controller::ControllerArgs;
 pub use reconciler::{PubSubArgs, ReconcilerArgs};
 
 /// CLS: a Kubernetes-style control plane for cluster lifecycle.
@@ -46,6 +48,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Run the reconciler (outbox relay and scheduler) against DATABASE_URL and Pub/Sub.
     Reconciler(ReconcilerArgs),
+    /// Run one built-in controller (local-process, port-allocator) against the API and Pub/Sub.
+    Controller(ControllerArgs),
 }
 
 #[derive(Debug, Args)]
@@ -124,6 +128,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             server::serve(&args.database.database_url, args.listen, schedule, shutdown, |_| {}).await
         }
         Command::Reconciler(args) => reconciler::run(args, shutdown).await,
+        Command::Controller(args) => controller::run(args, shutdown).await,
         Command::Up(args) => {
             let schedule = schedule_config(&args.schedule);
             let home = match args.home {
@@ -132,6 +137,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             std::fs::create_dir_all(&home)?;
             let kubeconfig_home = home.clone();
+            let controllers_home = home.clone();
+            let in_process = cls_reconciler::InProcessBus::new();
+            let (api_address_sender, mut api_address) = tokio::sync::watch::channel(None);
             let (database_url, embedded) = match args.database_url {
                 Some(url) => (url, None),
                 None => {
@@ -140,22 +148,42 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             let serve = async {
-                let write_kubeconfig = |address| match kubeconfig::write(&kubeconfig_home, address) {
-                    Ok(path) => {
-                        println!("kubectl is ready: export KUBECONFIG={}", path.display());
-                        println!("then: kubectl apply -f examples/ && kubectl get clusters,services");
+                let write_kubeconfig = |address| {
+                    let _ = api_address_sender.send(Some(address));
+                    match kubeconfig::write(&kubeconfig_home, address) {
+                        Ok(path) => {
+                            println!("kubectl is ready: export KUBECONFIG={}", path.display());
+                            println!("then: kubectl apply -f examples/ && kubectl get clusters,services");
+                        }
+                        Err(error) => tracing::warn!(error = %error, "cannot write the kubeconfig"),
                     }
-                    Err(error) => tracing::warn!(error = %error, "cannot write the kubeconfig"),
                 };
                 let served =
                     server::serve(&database_url, args.listen, schedule, shutdown.clone(), write_kubeconfig).await;
                 shutdown.cancel();
                 served
             };
-            let reconciler = reconciler::run_for_up(&database_url, &args.pubsub, &args.schedule, shutdown.clone());
-            let (served, reconciled) = tokio::join!(serve, reconciler);
+            let reconciler = reconciler::run_for_up(
+                &database_url,
+                &args.pubsub,
+                &args.schedule,
+                in_process.clone(),
+                shutdown.clone(),
+            );
+            let controllers = async {
+                let Ok(address) = api_address.wait_for(Option::is_some).await.map(|address| address.expect("some"))
+                else {
+                    return Ok(());
+                };
+                controller::run_for_up(address, controllers_home, &args.pubsub, in_process.clone(), shutdown.clone())
+                    .await
+            };
+            let (served, reconciled, controlled) = tokio::join!(serve, reconciler, controllers);
             if let Err(error) = reconciled {
                 tracing::error!(error = %error, "reconciler failed");
+            }
+            if let Err(error) = controlled {
+                tracing::error!(error = %error, "controllers failed");
             }
             if let Some(embedded) = embedded {
                 tokio::task::spawn_blocking(move || embedded.stop()).await?;

@@ -106,11 +106,17 @@ pub async fn run_for_up(
     database_url: &str,
     pubsub: &PubSubArgs,
     schedule: &ScheduleArgs,
+    in_process: InProcessBus,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let pool = server::pool(database_url)?;
     server::migrate_with_retries(&pool, &shutdown).await?;
-    let Some(bus) = connect_bus(pubsub, &shutdown).await? else {
+    // the controllers of `cls up` subscribe to this very bus
+    let bus = match pubsub.pubsub_project {
+        None => Some(Arc::new(in_process) as Arc<dyn EventBus>),
+        Some(_) => connect_bus(pubsub, &shutdown).await?,
+    };
+    let Some(bus) = bus else {
         return Ok(());
     };
     cls_reconciler::run(

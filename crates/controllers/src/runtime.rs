@@ -581,8 +581,8 @@ impl<R: Reconcile> Runtime<R> {
         let mut unmet = Vec::new();
         for precondition in &self.inner.config.preconditions {
             match precondition {
-                Precondition::ControllerAvailable(controller) => {
-                    if !object.reports(controller, "Available") {
+                Precondition::ControllerAvailable(controller, kind) => {
+                    if *kind == object.kind && !object.reports(controller, "Available") {
                         unmet.push((
                             format!("{controller} to report Available on {} {}", object.kind.as_str(), object.key()),
                             (object.kind, object.namespace.clone(), object.name.clone()),

@@ -105,8 +105,9 @@ impl ControllerConfig {
 /// reason `PreconditionsNotMet` and a message naming what is awaited, and reconciles again when that changes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Precondition {
-    /// The named controller reports `Available=True` on this object at its current generation.
-    ControllerAvailable(String),
+    /// On objects of the given kind: the named controller reports `Available=True` on the object at its current
+    /// generation.
+    ControllerAvailable(String, Kind),
     /// The Service's Cluster is Ready (Services only).
     ClusterReady,
     /// Every Service named in `spec.dependsOn` exists and is Ready (Services only).

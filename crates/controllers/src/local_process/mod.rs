@@ -36,13 +36,14 @@ pub fn config() -> ControllerConfig {
         .description("runs the Services of local Clusters as supervised processes on this host")
         .precondition(Precondition::ClusterReady)
         .precondition(Precondition::DependenciesReady)
-        .precondition(Precondition::ControllerAvailable(port_allocator::NAME.to_owned()))
+        .precondition(Precondition::ControllerAvailable(port_allocator::NAME.to_owned(), Kind::Service))
 }
 
 /// The controller's state: the runs by Service uid.
 pub struct LocalProcess {
     state_dir: PathBuf,
     runs: Mutex<HashMap<Uuid, Run>>,
+    _watchdog: supervisor::Watchdog,
 }
 
 impl LocalProcess {
@@ -53,7 +54,9 @@ impl LocalProcess {
         if reaped > 0 {
             tracing::warn!(reaped, "stopped processes left by an earlier controller");
         }
-        LocalProcess { state_dir, runs: Mutex::default() }
+        let _ = std::fs::create_dir_all(state_dir.join("pids"));
+        let watchdog = supervisor::Watchdog::start(&state_dir);
+        LocalProcess { state_dir, runs: Mutex::default(), _watchdog: watchdog }
     }
 
     /// The log of replica `replica` of Service `namespace/name`.

@@ -5,9 +5,12 @@
 //!
 //! Every running process has a pid file (`<state>/pids/<uid>-<replica>.pid`: pid and start time); a controller that
 //! starts after a crash kills the process groups those files name ([`reap_leftovers`]) before it starts anything,
-//! so a restart neither orphans nor duplicates processes.
+//! so a restart neither orphans nor duplicates processes. While the controller runs, a watchdog `sh` ([`Watchdog`])
+//! blocks on a pipe only the controller holds; when the controller dies in any way (SIGKILL included) the pipe
+//! closes and the watchdog kills every process group a pid file names, so nothing outlives the controller.
 
 use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -308,6 +311,56 @@ pub fn reap_leftovers(state_dir: &Path) -> usize {
         let _ = std::fs::remove_file(&path);
     }
     killed
+}
+
+/// Kills the process groups of `$1/pids/*.pid` once its stdin closes.
+const WATCHDOG_SCRIPT: &str = r#"
+trap '' HUP INT QUIT TERM PIPE
+while read -r _; do :; done
+for file in "$1"/pids/*.pid; do
+  [ -f "$file" ] || continue
+  read -r pid _ < "$file"
+  [ -n "$pid" ] && kill -KILL "-$pid" 2>/dev/null
+  rm -f "$file"
+done
+"#;
+
+/// The watchdog process of one controller (see the module docs); closing it (drop) lets it act.
+#[derive(Debug)]
+pub struct Watchdog {
+    child: Option<std::process::Child>,
+}
+
+impl Watchdog {
+    pub fn start(state_dir: &Path) -> Watchdog {
+        let spawned = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(WATCHDOG_SCRIPT)
+            .arg("cls-local-process-watchdog")
+            .arg(state_dir)
+            .current_dir("/")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn();
+        match spawned {
+            Ok(child) => Watchdog { child: Some(child) },
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot start the process watchdog: processes may outlive a crash");
+                Watchdog { child: None }
+            }
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            drop(child.stdin.take());
+            let _ = child.wait();
+        }
+    }
 }
 
 /// `$(NAME)` in `text` replaced by the variable's value, as Kubernetes expands command and args; unknown names stay.
