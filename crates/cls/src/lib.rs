@@ -95,6 +95,10 @@ pub struct UpArgs {
     pub schedule: ScheduleArgs,
     #[command(flatten)]
     pub pubsub: PubSubArgs,
+    /// Run the built-in controllers (local-process, port-allocator); `false` leaves every report to outside
+    /// controllers.
+    #[arg(long, env = "CLS_BUILTIN_CONTROLLERS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub builtin_controllers: bool,
 }
 
 /// Installs the tracing subscriber (`RUST_LOG` filters; default `info`).
@@ -171,6 +175,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 shutdown.clone(),
             );
             let controllers = async {
+                if !args.builtin_controllers {
+                    return Ok(());
+                }
                 let Ok(address) = api_address.wait_for(Option::is_some).await.map(|address| address.expect("some"))
                 else {
                     return Ok(());

@@ -54,6 +54,7 @@ impl Kube {
             .env("DATABASE_URL", &db.url)
             .env("CLS_HOME", &cls_home)
             .env("CLS_LOG_FORMAT", "json")
+            .env("CLS_BUILTIN_CONTROLLERS", "false")
             .env_remove("PUBSUB_EMULATOR_HOST")
             .env_remove("CLS_PUBSUB_PROJECT")
             .stdin(Stdio::null())

@@ -43,7 +43,7 @@ pub fn config() -> ControllerConfig {
 pub struct LocalProcess {
     state_dir: PathBuf,
     runs: Mutex<HashMap<Uuid, Run>>,
-    _watchdog: supervisor::Watchdog,
+    watchdog: std::sync::Arc<supervisor::Watchdog>,
 }
 
 impl LocalProcess {
@@ -55,8 +55,8 @@ impl LocalProcess {
             tracing::warn!(reaped, "stopped processes left by an earlier controller");
         }
         let _ = std::fs::create_dir_all(state_dir.join("pids"));
-        let watchdog = supervisor::Watchdog::start(&state_dir);
-        LocalProcess { state_dir, runs: Mutex::default(), _watchdog: watchdog }
+        let watchdog = std::sync::Arc::new(supervisor::Watchdog::start());
+        LocalProcess { state_dir, runs: Mutex::default(), watchdog }
     }
 
     /// The log of replica `replica` of Service `namespace/name`.
@@ -183,7 +183,14 @@ impl Reconcile for LocalProcess {
         }
         let run = runs.entry(object.uid).or_insert_with(|| {
             let log_base = log_path(&self.state_dir, &object.namespace, &object.name, 0).with_file_name(&object.name);
-            Run::start(object.uid, &log_base, &self.state_dir, desired.clone(), request.trigger.clone())
+            Run::start(
+                object.uid,
+                &log_base,
+                &self.state_dir,
+                desired.clone(),
+                request.trigger.clone(),
+                self.watchdog.clone(),
+            )
         });
         Ok(outcome(&run.desired, &run.statuses()))
     }

@@ -70,7 +70,14 @@ pub struct Run {
 }
 
 impl Run {
-    pub fn start(uid: Uuid, log_base: &Path, state_dir: &Path, desired: Desired, trigger: Trigger) -> Run {
+    pub fn start(
+        uid: Uuid,
+        log_base: &Path,
+        state_dir: &Path,
+        desired: Desired,
+        trigger: Trigger,
+        watchdog: Arc<Watchdog>,
+    ) -> Run {
         let cancel = CancellationToken::new();
         let http = reqwest::Client::new();
         let mut replicas = Vec::new();
@@ -92,6 +99,7 @@ impl Run {
                 trigger: trigger.clone(),
                 cancel: cancel.clone(),
                 http: http.clone(),
+                watchdog: watchdog.clone(),
             };
             tasks.push(tokio::spawn(replica.supervise()));
         }
@@ -121,6 +129,7 @@ struct Replica {
     trigger: Trigger,
     cancel: CancellationToken,
     http: reqwest::Client,
+    watchdog: Arc<Watchdog>,
 }
 
 impl Replica {
@@ -186,6 +195,7 @@ impl Replica {
                 let _ = std::fs::create_dir_all(parent);
             }
             let _ = std::fs::write(&self.pid_file, format!("{pid} {started}\n"));
+            self.watchdog.watch(pid);
             tracing::info!(pid, program, "process started");
             self.update(|status| status.pid = Some(pid));
         }
@@ -211,7 +221,9 @@ impl Replica {
             let next = if healthy { period } else { STARTUP_PERIOD };
             tokio::select! {
                 _ = self.cancel.cancelled() => {
+                    let pid = child.id();
                     stop(&mut child).await;
+                    pid.inspect(|pid| self.watchdog.unwatch(*pid));
                     let _ = std::fs::remove_file(&self.pid_file);
                     return None;
                 }
@@ -250,6 +262,9 @@ impl Replica {
             }
         };
         let _ = std::fs::remove_file(&self.pid_file);
+        if let Some(pid) = self.status.lock().expect("status lock").pid {
+            self.watchdog.unwatch(pid);
+        }
         Some(failure)
     }
 }
@@ -313,31 +328,31 @@ pub fn reap_leftovers(state_dir: &Path) -> usize {
     killed
 }
 
-/// Kills the process groups of `$1/pids/*.pid` once its stdin closes.
+/// Keeps the process groups it is told of (`+PID` / `-PID` lines on stdin) and kills those left once stdin closes.
 const WATCHDOG_SCRIPT: &str = r#"
 trap '' HUP INT QUIT TERM PIPE
-while read -r _; do :; done
-for file in "$1"/pids/*.pid; do
-  [ -f "$file" ] || continue
-  read -r pid _ < "$file"
-  [ -n "$pid" ] && kill -KILL "-$pid" 2>/dev/null
-  rm -f "$file"
+pids=" "
+while read -r line; do
+  case "$line" in
+    +*) pids="$pids${line#+} " ;;
+    -*) pids=$(printf '%s' "$pids" | sed "s/ ${line#-} / /") ;;
+  esac
 done
+for pid in $pids; do kill -KILL "-$pid" 2>/dev/null; done
 "#;
 
-/// The watchdog process of one controller (see the module docs); closing it (drop) lets it act.
+/// The watchdog process of one controller (see the module docs); dropping it lets it act.
 #[derive(Debug)]
 pub struct Watchdog {
-    child: Option<std::process::Child>,
+    child: Mutex<Option<std::process::Child>>,
 }
 
 impl Watchdog {
-    pub fn start(state_dir: &Path) -> Watchdog {
+    pub fn start() -> Watchdog {
         let spawned = std::process::Command::new("sh")
             .arg("-c")
             .arg(WATCHDOG_SCRIPT)
             .arg("cls-local-process-watchdog")
-            .arg(state_dir)
             .current_dir("/")
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -345,18 +360,35 @@ impl Watchdog {
             .process_group(0)
             .spawn();
         match spawned {
-            Ok(child) => Watchdog { child: Some(child) },
+            Ok(child) => Watchdog { child: Mutex::new(Some(child)) },
             Err(error) => {
                 tracing::warn!(error = %error, "cannot start the process watchdog: processes may outlive a crash");
-                Watchdog { child: None }
+                Watchdog { child: Mutex::new(None) }
             }
         }
+    }
+
+    fn tell(&self, line: String) {
+        use std::io::Write;
+        let mut child = self.child.lock().expect("watchdog lock");
+        if let Some(stdin) = child.as_mut().and_then(|child| child.stdin.as_mut()) {
+            let _ = stdin.write_all(line.as_bytes());
+        }
+    }
+
+    pub fn watch(&self, pid: u32) {
+        self.tell(format!("+{pid}\n"));
+    }
+
+    pub fn unwatch(&self, pid: u32) {
+        self.tell(format!("-{pid}\n"));
     }
 }
 
 impl Drop for Watchdog {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        let child = self.child.get_mut().map(Option::take).unwrap_or_default();
+        if let Some(mut child) = child {
             drop(child.stdin.take());
             let _ = child.wait();
         }
