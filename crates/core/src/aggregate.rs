@@ -91,6 +91,20 @@ pub fn aggregate(input: AggregateInput<'_>) -> ObjectStatus {
         .map(String::as_str)
         .filter(|name| current(name).is_some_and(|report| !says(report, AVAILABLE, ConditionStatus::True)))
         .collect();
+    // who said not available, with what it said: `local-process (waiting for Service default/web)`
+    let not_available_said: Vec<String> = not_available
+        .iter()
+        .map(|name| {
+            let said = current(name)
+                .and_then(|report| find(&report.conditions, AVAILABLE))
+                .and_then(|condition| condition.message.as_deref())
+                .filter(|message| !message.is_empty());
+            match said {
+                Some(message) => format!("{name} ({message})"),
+                None => (*name).to_owned(),
+            }
+        })
+        .collect();
     let degraded: Vec<&str> = input
         .required
         .iter()
@@ -106,7 +120,7 @@ pub fn aggregate(input: AggregateInput<'_>) -> ObjectStatus {
     } else if input.required.is_empty() {
         Condition::new(READY, ConditionStatus::False, "NoControllers", "no registered controller acts on this object")
     } else if !not_available.is_empty() {
-        let mut message = format!("not available: {}", not_available.join(", "));
+        let mut message = format!("not available: {}", not_available_said.join(", "));
         if !pending.is_empty() {
             message.push_str(&format!("; waiting for: {}", pending.join(", ")));
         }
@@ -298,6 +312,14 @@ mod tests {
         let ready = condition(&run(1, &["a", "b"], &reports, None), READY).clone();
         assert_eq!(ready.reason.as_deref(), Some("ControllersNotAvailable"));
         assert_eq!(ready.message.as_deref(), Some("not available: a"));
+    }
+
+    #[test]
+    fn a_not_available_controller_is_named_with_what_it_said() {
+        let mut waiting = report("a", 1, ConditionStatus::False, None);
+        waiting.conditions[0].message = Some("waiting for Service default/web".into());
+        let ready = condition(&run(1, &["a"], &[waiting], None), READY).clone();
+        assert_eq!(ready.message.as_deref(), Some("not available: a (waiting for Service default/web)"));
     }
 
     #[test]

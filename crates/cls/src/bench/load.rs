@@ -76,7 +76,7 @@ async fn wrk(environment: &Environment, script: &str, connections: u32, duration
 }
 
 /// pgbench against the same server: `-i` once, then a run with `arguments`; answers transactions per second.
-async fn pgbench(
+pub(super) async fn pgbench(
     environment: &Environment,
     arguments: &[&str],
     clients: u32,
@@ -106,7 +106,7 @@ async fn pgbench(
         .with_context(|| format!("cannot read pgbench's output: {text}{}", String::from_utf8_lossy(&output.stderr)))
 }
 
-async fn drop_pgbench_tables(environment: &Environment) -> anyhow::Result<()> {
+pub(super) async fn drop_pgbench_tables(environment: &Environment) -> anyhow::Result<()> {
     sqlx::query("drop table if exists pgbench_accounts, pgbench_branches, pgbench_history, pgbench_tellers")
         .execute(&environment.pool)
         .await?;

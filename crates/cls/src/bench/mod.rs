@@ -4,6 +4,7 @@
 //! `pgbench` against the same server.
 
 mod load;
+mod scheduler;
 mod watch;
 
 use std::path::PathBuf;
@@ -39,6 +40,12 @@ pub enum Bench {
     List,
     /// One change reaching 100 and 1,000 watchers: delivery p50/p99, against a LISTEN/NOTIFY round trip.
     Watch,
+    /// A `cls reconciler` keeping `--objects` objects (5% needing attention) on schedule: events/s, schedule lag,
+    /// resident memory, against pgbench simple-update (-N).
+    Scheduler {
+        #[arg(long, default_value_t = 1_000_000)]
+        objects: i64,
+    },
 }
 
 /// The system under test: a database and the API serving it.
@@ -130,6 +137,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Bench::Write => load::write(&environment, args.duration).await,
         Bench::List => load::list(&environment, args.duration).await,
         Bench::Watch => watch::run(&environment).await,
+        Bench::Scheduler { objects } => scheduler::run(&environment, objects, args.duration).await,
     };
     environment.stop().await;
     result
