@@ -3,8 +3,8 @@
 //! On the testkit's throwaway PostgreSQL it measures, each beside a baseline from the same run and server:
 //! - scheduler: reconcile events/s while draining `CLS_BENCH_OBJECTS` (default 100,000) due schedule rows (5% need
 //!   attention), against pgbench's simple-update (`-N`) transactions/s with one client;
-//! - relay: publish latency from commit to an in-process subscriber (p50/p99), against the commit latency of the same
-//!   insert.
+//! - relay: publish latency from the commit of an API create to an in-process subscriber (p50/p99), against the
+//!   latency of the create itself.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -83,18 +83,21 @@ async fn publish_latency(samples: usize) -> (Duration, Duration, Duration) {
     let shutdown = CancellationToken::new();
     let relay = Relay::new(db.pool.clone(), Arc::new(bus), RelayConfig::default(), Metrics::new());
     tokio::spawn(relay.run(shutdown.clone()));
+    // the API's path: a write through the store, then its notifier's NOTIFY wakes the relay
+    let store = cls_api::Store::new(db.pool.clone(), cls_api::ScheduleConfig::default());
+    tokio::spawn(cls_api::store::notify_listeners(store.clone(), shutdown.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut latencies = Vec::with_capacity(samples);
     let mut commits = Vec::with_capacity(samples);
-    for _ in 0..samples {
-        let started = Instant::now();
-        sqlx::query(
-            "insert into outbox (event_id, event_type, kind, uid, namespace, name, generation, platform)
-             values (gen_random_uuid(), 'cluster.updated', 'Cluster', gen_random_uuid(), 'default', 'b', 1, 'local')",
+    for index in 0..samples {
+        let manifest = cls_core::manifest::parse(
+            cls_core::Kind::Cluster,
+            serde_json::json!({"metadata": {"name": format!("c{index}")}, "spec": {"platform": {"type": "local"}}}),
+            cls_core::manifest::Expect::default(),
         )
-        .execute(&db.pool)
-        .await
-        .unwrap();
+        .expect("manifest");
+        let started = Instant::now();
+        store.create(&manifest).await.expect("create");
         let committed = Instant::now();
         commits.push(committed - started);
         tokio::time::timeout(Duration::from_secs(5), subscription.recv()).await.expect("published in time").unwrap();
@@ -112,8 +115,8 @@ fn main() {
     let server = PgServer::shared();
 
     let (p50, p99, commit_p99) = runtime.block_on(publish_latency(1000));
-    println!("relay: publish latency from commit p50 {p50:?} p99 {p99:?} (in-process bus, 1000 events)");
-    println!("relay baseline: commit latency of the same insert p99 {commit_p99:?}");
+    println!("relay: publish latency from commit p50 {p50:?} p99 {p99:?} (API create, in-process bus, 1000 events)");
+    println!("relay baseline: latency of the create itself p99 {commit_p99:?}");
 
     let (rate, batch_p99) = runtime.block_on(scheduler_events_per_second(objects));
     println!("scheduler: {rate:.0} reconcile events/s draining {objects} due rows (batch p99 {batch_p99:?})");

@@ -4,6 +4,7 @@
 pub mod body;
 pub mod error;
 pub mod metrics;
+mod openapi;
 pub(crate) mod query;
 pub(crate) mod rest;
 pub(crate) mod ui;
@@ -65,6 +66,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::metrics))
+        .route("/openapi.json", get(openapi::openapi))
         .merge(ui::routes())
         .merge(rest::routes())
         .merge(crate::kube::routes())

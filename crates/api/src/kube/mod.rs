@@ -6,7 +6,7 @@ mod apply;
 mod discovery;
 mod fields;
 mod handlers;
-mod openapi;
+pub(crate) mod openapi;
 mod params;
 mod table;
 mod watch;

@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 
 use crate::http::error::ApiError;
 
-fn component_name(kind: Kind) -> String {
+pub(crate) fn component_name(kind: Kind) -> String {
     format!("dev.cls.{VERSION}.{}", kind.as_str())
 }
 
@@ -20,9 +20,9 @@ fn gvk(kind: Kind) -> Value {
     json!({"group": GROUP, "version": VERSION, "kind": kind.as_str()})
 }
 
-const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
+pub(crate) const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
 
-fn object_meta_schema() -> Value {
+pub(crate) fn object_meta_schema() -> Value {
     let string = json!({"type": "string"});
     let map = json!({"type": "object", "additionalProperties": {"type": "string"}});
     json!({
@@ -43,7 +43,7 @@ fn object_meta_schema() -> Value {
     })
 }
 
-fn kind_schema(kind: Kind) -> Value {
+pub(crate) fn kind_schema(kind: Kind) -> Value {
     let mut schema = cls_core::crd::schema(kind);
     let properties = schema["properties"].as_object_mut().expect("schema has properties");
     properties.insert("apiVersion".into(), json!({"type": "string", "description": "cls.dev/v1alpha1"}));
