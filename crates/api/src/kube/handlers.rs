@@ -65,8 +65,11 @@ impl PathParams {
         Target::resolve(&self.plural, self.namespace.clone())
     }
 
-    fn name(&self) -> String {
-        self.name.clone().unwrap_or_default()
+    /// The target, the object's name and the query parameters of a request on one object.
+    fn item(&self, raw: Option<&str>) -> ApiResult<(Target, String, KubeParams)> {
+        let target = self.target()?;
+        target.require_scope()?;
+        Ok((target, self.name.clone().unwrap_or_default(), KubeParams::parse(raw)?))
     }
 }
 
@@ -224,10 +227,7 @@ async fn read(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let target = path.target()?;
-    let name = path.name();
-    target.require_scope()?;
-    let params = KubeParams::parse(raw.as_deref())?;
+    let (target, name, params) = path.item(raw.as_deref())?;
     let object = state.store.get(target.kind, &target.key(&name)).await?;
     Ok(object_response(StatusCode::OK, &object, &headers, &params, &[]))
 }
@@ -239,10 +239,7 @@ async fn replace(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let target = path.target()?;
-    let name = path.name();
-    target.require_scope()?;
-    let params = KubeParams::parse(raw.as_deref())?;
+    let (target, name, params) = path.item(raw.as_deref())?;
     let document = body.document()?;
     let warnings = check_fields(target.kind, &document, &params)?;
     let expect = Expect { namespace: target.namespace.as_deref(), name: Some(&name) };
@@ -260,10 +257,7 @@ async fn patch(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let target = path.target()?;
-    let name = path.name();
-    target.require_scope()?;
-    let params = KubeParams::parse(raw.as_deref())?;
+    let (target, name, params) = path.item(raw.as_deref())?;
     let store = store_for(&state, &params)?;
     let key = target.key(&name);
     let expect = Expect { namespace: target.namespace.as_deref(), name: Some(&name) };
@@ -316,10 +310,7 @@ async fn delete(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let target = path.target()?;
-    let name = path.name();
-    target.require_scope()?;
-    let params = KubeParams::parse(raw.as_deref())?;
+    let (target, name, params) = path.item(raw.as_deref())?;
     let deleted = store_for(&state, &params)?.delete(target.kind, &target.key(&name), false).await?;
     Ok(object_response(StatusCode::OK, &deleted, &headers, &params, &[]))
 }
@@ -354,13 +345,10 @@ async fn write_status(
     body: Body,
     is_patch: bool,
 ) -> ApiResult<Response> {
-    let target = path.target()?;
-    let name = path.name();
-    target.require_scope()?;
+    let (target, name, params) = path.item(raw.as_deref())?;
     if !target.kind.reconciled() {
         return Err(ApiError::method_not_allowed());
     }
-    let params = KubeParams::parse(raw.as_deref())?;
     let store = store_for(&state, &params)?;
     let current = state.store.get(target.kind, &target.key(&name)).await?;
     let current_json = current.to_json();
