@@ -8,6 +8,7 @@
 //! run in parallel up to `concurrency`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -89,6 +90,9 @@ struct Inner<R> {
     permits: Semaphore,
     slots: Mutex<HashMap<Uuid, Slot>>,
     waiters: Mutex<HashMap<ObjectKey, HashSet<(Kind, Uuid)>>>,
+    /// Counts wake-ups: a reconcile that saw it move while it evaluated preconditions may have missed its own
+    /// wake-up (the awaited object changed before it registered as a waiter) and looks again at once.
+    wakes: AtomicU64,
     requeues: Mutex<HashMap<Uuid, Instant>>,
     attempts: Mutex<HashMap<String, u32>>,
     dead_letter: Mutex<Option<PubSubBus>>,
@@ -124,6 +128,7 @@ impl<R: Reconcile> Runtime<R> {
                 permits,
                 slots: Mutex::default(),
                 waiters: Mutex::default(),
+                wakes: AtomicU64::new(0),
                 requeues: Mutex::default(),
                 attempts: Mutex::default(),
                 dead_letter: Mutex::default(),
@@ -315,6 +320,7 @@ impl<R: Reconcile> Runtime<R> {
     }
 
     fn wake(&self, key: ObjectKey) {
+        self.inner.wakes.fetch_add(1, Ordering::AcqRel);
         let waiting = self.inner.waiters.lock().expect("waiters lock").remove(&key);
         for (kind, uid) in waiting.into_iter().flatten() {
             self.dispatch(kind, uid, local(1));
@@ -491,6 +497,7 @@ impl<R: Reconcile> Runtime<R> {
     async fn reconcile_once(&self, kind: Kind, uid: Uuid) -> Result<Action, ReconcileError> {
         let inner = &self.inner;
         for _ in 0..CONFLICT_RETRIES {
+            let wakes_before = inner.wakes.load(Ordering::Acquire);
             let Some(object) = inner.api.get(kind, uid).await? else {
                 inner.reconciler.forget(kind, uid).await;
                 return Ok(Action::AwaitChange);
@@ -528,8 +535,13 @@ impl<R: Reconcile> Runtime<R> {
                         waiters.entry(key).or_default().insert((kind, uid));
                     }
                 }
+                let recheck = if inner.wakes.load(Ordering::Acquire) == wakes_before {
+                    inner.config.precondition_recheck
+                } else {
+                    Duration::from_millis(50)
+                };
                 Outcome::progressing("PreconditionsNotMet", format!("waiting for {}", awaited.join(", ")))
-                    .requeue(inner.config.precondition_recheck)
+                    .requeue(recheck)
             };
             match self.report(&request.object, &outcome).await {
                 Ok(()) => return Ok(outcome.action),

@@ -3,6 +3,7 @@
 //! API in this process on a loopback port. HTTP load comes from `wrk` (Debian package `wrk`), the baselines from
 //! `pgbench` against the same server.
 
+mod e2e;
 mod load;
 mod scheduler;
 mod watch;
@@ -38,6 +39,8 @@ pub enum Bench {
     Write,
     /// List 10,000 Clusters in pages of 10 at concurrency 10: p50/p99 and requests/s, against pgbench select-only.
     List,
+    /// Apply to Ready of a local Service through a real `cls up`, against starting the same process directly.
+    E2e,
     /// One change reaching 100 and 1,000 watchers: delivery p50/p99, against a LISTEN/NOTIFY round trip.
     Watch,
     /// A `cls reconciler` keeping `--objects` objects (5% needing attention) on schedule: events/s, schedule lag,
@@ -137,6 +140,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Bench::Write => load::write(&environment, args.duration).await,
         Bench::List => load::list(&environment, args.duration).await,
         Bench::Watch => watch::run(&environment).await,
+        Bench::E2e => e2e::run(&environment).await,
         Bench::Scheduler { objects } => scheduler::run(&environment, objects, args.duration).await,
     };
     environment.stop().await;
