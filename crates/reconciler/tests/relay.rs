@@ -82,7 +82,9 @@ async fn changes_deletions_and_reports_publish_their_event_types_with_exact_attr
         // Assert
         let received = collector
             .wait_until(Duration::from_secs(30), "every event", |received| {
-                types_of(received, cluster.uid).len() >= 5 && !types_of(received, service.uid).is_empty()
+                types_of(received, cluster.uid).len() >= 5
+                    && !types_of(received, other.uid).is_empty()
+                    && !types_of(received, service.uid).is_empty()
             })
             .await;
         assert_eq!(
