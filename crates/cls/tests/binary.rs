@@ -1,92 +1,14 @@
 //! The real `cls` binary: `cls up` with and without `DATABASE_URL`, `cls api` while the database is down,
 //! `cls migrate`, and graceful shutdown on SIGTERM.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use cls_testkit::{PgServer, TestDb};
+use common::{BINARY, Cls};
 use serde_json::{Value, json};
-
-const BINARY: &str = env!("CARGO_BIN_EXE_cls");
-
-/// A running `cls` process, killed on drop.
-struct Cls {
-    child: Child,
-    base: String,
-    logs: mpsc::Receiver<String>,
-}
-
-impl Cls {
-    /// Starts `cls ARGS` (listening on a free loopback port) and waits for its "listening" line.
-    fn start(args: &[&str], envs: &[(&str, &str)]) -> Cls {
-        let mut command = Command::new(BINARY);
-        command.args(args).args(["--listen", "127.0.0.1:0"]).env_remove("DATABASE_URL").env("CLS_LOG_FORMAT", "json");
-        command.envs(envs.iter().copied()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = command.spawn().expect("cls starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let stderr = child.stderr.take().expect("stderr");
-        let (lines, logs) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("cls: {line}");
-                if lines.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let (address_sender, address) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(base) = line.strip_prefix("cls api listening on ") {
-                    let _ = address_sender.send(base.to_owned());
-                }
-            }
-        });
-        let base = address.recv_timeout(Duration::from_secs(60)).expect("cls prints its address");
-        Cls { child, base, logs }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// Sends SIGTERM and waits for the exit.
-    fn terminate(mut self) -> (ExitStatus, Vec<String>) {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs").success());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return (status, self.logs.try_iter().collect());
-            }
-            assert!(Instant::now() < deadline, "cls did not exit within 30 s of SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Cls {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn wait_ready(client: &reqwest::Client, cls: &Cls) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(response) = client.get(cls.url("/readyz")).send().await
-            && response.status() == 200
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "cls did not become ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn cluster(name: &str) -> Value {
     json!({"apiVersion": "cls.dev/v1alpha1", "kind": "Cluster", "metadata": {"name": name},
@@ -98,7 +20,7 @@ async fn cls_up_with_a_database_url_serves_the_api_and_exits_cleanly_on_sigterm(
     let db = TestDb::new(&cls_api::store::MIGRATOR).await;
     let cls = Cls::start(&["up"], &[("DATABASE_URL", &db.url)]);
     let client = reqwest::Client::new();
-    wait_ready(&client, &cls).await;
+    cls.wait_ready().await;
 
     let created = client.post(cls.url("/api/v1/clusters")).json(&cluster("dev")).send().await.unwrap();
     assert_eq!(created.status(), 201);
@@ -116,7 +38,7 @@ async fn cls_up_without_a_database_url_runs_its_own_postgres_and_keeps_the_data_
     let client = reqwest::Client::new();
 
     let first = Cls::start(&["up"], &[("CLS_HOME", &home_text)]);
-    wait_ready(&client, &first).await;
+    first.wait_ready().await;
     let created = client.post(first.url("/api/v1/clusters")).json(&cluster("kept")).send().await.unwrap();
     assert_eq!(created.status(), 201);
     let (status, logs) = first.terminate();
@@ -129,7 +51,7 @@ async fn cls_up_without_a_database_url_runs_its_own_postgres_and_keeps_the_data_
     assert!(!postgres_running(&data_dir), "embedded PostgreSQL still running after cls up stopped");
 
     let second = Cls::start(&["up"], &[("CLS_HOME", &home_text)]);
-    wait_ready(&client, &second).await;
+    second.wait_ready().await;
     let listed: Value = client.get(second.url("/api/v1/clusters")).send().await.unwrap().json().await.unwrap();
     assert_eq!(listed["items"][0]["metadata"]["name"], "kept");
     let (status, _) = second.terminate();

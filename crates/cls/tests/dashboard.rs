@@ -5,60 +5,17 @@
 //!
 //! Chromium is installed with apt-get when missing; the test is skipped (and says so) only when that fails too.
 
-use std::io::{BufRead, BufReader, Read};
+mod common;
+
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cls_testkit::TestDb;
+use common::Cls;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_cls");
 const CHROMIUM: &str = "/usr/bin/chromium";
-
-/// A running `cls up`, killed on drop.
-struct Cls {
-    child: Child,
-    base: String,
-}
-
-impl Cls {
-    fn up(database_url: &str, home: &Path) -> Cls {
-        let mut child = Command::new(BINARY)
-            .args(["up", "--listen", "127.0.0.1:0"])
-            .env("DATABASE_URL", database_url)
-            .env("CLS_HOME", home)
-            .env("CLS_LOG_FORMAT", "json")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cls starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let stderr = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("cls: {line}");
-            }
-        });
-        let (address_sender, address) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(base) = line.strip_prefix("cls api listening on ") {
-                    let _ = address_sender.send(base.to_owned());
-                }
-            }
-        });
-        let base = address.recv_timeout(Duration::from_secs(60)).expect("cls prints its address");
-        Cls { child, base }
-    }
-}
-
-impl Drop for Cls {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Runs `command` to completion within `limit`, returning (success, stdout and stderr).
 fn run_bounded(command: &mut Command, limit: Duration) -> (bool, String) {
@@ -124,20 +81,6 @@ fn browser_test_project() -> PathBuf {
     project
 }
 
-async fn wait_ready(base: &str) {
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(response) = client.get(format!("{base}/readyz")).send().await
-            && response.status() == 200
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "cls did not become ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn dashboard_shows_objects_created_through_the_api_and_updates_when_their_status_changes() {
     let Some(chromium) = chromium() else {
@@ -152,8 +95,9 @@ async fn dashboard_shows_objects_created_through_the_api_and_updates_when_their_
     let db = TestDb::new(&cls_api::store::MIGRATOR).await;
     let home = std::env::temp_dir().join(format!("cls-ui-home-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&home).expect("home");
-    let cls = Cls::up(&db.url, &home);
-    wait_ready(&cls.base).await;
+    let home_text = home.display().to_string();
+    let cls = Cls::start(&["up"], &[("DATABASE_URL", &db.url), ("CLS_HOME", &home_text)]);
+    cls.wait_ready().await;
 
     let page = reqwest::get(format!("{}/ui", cls.base)).await.expect("GET /ui");
     assert_eq!(page.status(), 200);

@@ -1,60 +1,18 @@
 //! The real `cls api`'s operational surface: `/metrics` answers while the database is down, and a request's
 //! `X-Request-Id` comes back in the response and in the span of its log lines.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::Cls;
 use serde_json::Value;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_cls");
-
-struct Api {
-    child: Child,
-    base: String,
-    logs: mpsc::Receiver<String>,
-}
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `cls api` against a closed port: it serves, and never becomes ready.
-fn api_with_the_database_down() -> Api {
+fn api_with_the_database_down() -> Cls {
     let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut child = Command::new(BINARY)
-        .args(["api", "--listen", "127.0.0.1:0"])
-        .env("DATABASE_URL", format!("postgres://postgres@127.0.0.1:{closed_port}/none"))
-        .env("CLS_LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cls starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let stderr = child.stderr.take().expect("stderr");
-    let (lines, logs) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let (address_sender, address) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(base) = line.strip_prefix("cls api listening on ") {
-                let _ = address_sender.send(base.to_owned());
-            }
-        }
-    });
-    let base = address.recv_timeout(Duration::from_secs(60)).expect("cls prints its address");
-    Api { child, base, logs }
+    let url = format!("postgres://postgres@127.0.0.1:{closed_port}/none");
+    Cls::start(&["api"], &[("DATABASE_URL", &url), ("RUST_LOG", "info")])
 }
 
 #[tokio::test]

@@ -5,16 +5,16 @@
 //!
 //! schemathesis is installed with `pip install --quiet schemathesis` when neither `st` nor `schemathesis` is found.
 
-use std::io::{BufRead, BufReader, Read};
+mod common;
+
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cls_testkit::TestDb;
+use common::Cls;
 use serde_json::{Value, json};
-
-const BINARY: &str = env!("CARGO_BIN_EXE_cls");
 
 /// Cases to generate per operation in the fuzzing phase (21 operations in the first run, 3 DELETEs in the second;
 /// the coverage phase adds its own). One run of this test makes about 12,000 cases in about 70 s. Schemathesis runs
@@ -30,54 +30,6 @@ fn max_examples() -> String {
 const MIN_CASES: u64 = 5_000;
 /// The wall-clock bound of each schemathesis run.
 const RUN_LIMIT: Duration = Duration::from_secs(240);
-
-/// `cls api` on a loopback port, killed on drop.
-struct Api {
-    child: Child,
-    base: String,
-}
-
-impl Api {
-    fn start(database_url: &str) -> Api {
-        let mut child = Command::new(BINARY)
-            .args(["api", "--listen", "127.0.0.1:0"])
-            .env("DATABASE_URL", database_url)
-            .env("CLS_LOG_FORMAT", "json")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cls api starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let stderr = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("cls: {line}");
-            }
-        });
-        let (address_sender, address) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(base) = line.strip_prefix("cls api listening on ") {
-                    let _ = address_sender.send(base.to_owned());
-                }
-            }
-        });
-        let base = address.recv_timeout(Duration::from_secs(60)).expect("cls api prints its address");
-        Api { child, base }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-}
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The schemathesis command line: `st` or `schemathesis` on the PATH, else next to the Python that installs it.
 fn schemathesis() -> PathBuf {
@@ -114,19 +66,6 @@ fn schemathesis() -> PathBuf {
     panic!("schemathesis installed but neither st nor {}/st runs", scripts.display());
 }
 
-async fn wait_ready(client: &reqwest::Client, api: &Api) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(response) = client.get(api.url("/readyz")).send().await
-            && response.status() == 200
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "cls api did not become ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn send(request: reqwest::RequestBuilder, what: &str) -> Value {
     let response = request.send().await.unwrap_or_else(|error| panic!("{what}: {error}"));
     let status = response.status();
@@ -137,7 +76,7 @@ async fn send(request: reqwest::RequestBuilder, what: &str) -> Value {
 
 /// Seeds a Cluster `dev`, a Service `web` of it (both holding a finalizer, so that a plain DELETE leaves them
 /// deleting rather than gone), a registered Controller `ctl`, and one report; answers the ids item paths should hit.
-async fn seed(client: &reqwest::Client, api: &Api) -> Vec<String> {
+async fn seed(client: &reqwest::Client, api: &Cls) -> Vec<String> {
     let cluster = json!({"apiVersion": "cls.dev/v1alpha1", "kind": "Cluster",
         "metadata": {"name": "dev", "labels": {"team": "a"}, "finalizers": ["example.com/keep"]},
         "spec": {"platform": {"type": "local"}}});
@@ -167,7 +106,7 @@ struct Run {
 }
 
 /// Runs `st run` against the API with `args` added, killing it after [`RUN_LIMIT`].
-fn run_schemathesis(st: &Path, api: &Api, directory: &Path, name: &str, args: &[&str]) -> Run {
+fn run_schemathesis(st: &Path, api: &Cls, directory: &Path, name: &str, args: &[&str]) -> Run {
     let report = directory.join(format!("{name}.ndjson"));
     let mut command = Command::new(st);
     command
@@ -287,9 +226,9 @@ fn walk_interactions(value: &Value, visit: &mut impl FnMut(&Value)) {
 async fn schemathesis_finds_no_server_error_in_at_least_5000_generated_cases() {
     let st = tokio::task::spawn_blocking(schemathesis).await.expect("schemathesis found or installed");
     let db = TestDb::new(&cls_api::store::MIGRATOR).await;
-    let api = Api::start(&db.url);
+    let api = Cls::start(&["api"], &[("DATABASE_URL", &db.url), ("RUST_LOG", "warn")]);
     let client = reqwest::Client::new();
-    wait_ready(&client, &api).await;
+    api.wait_ready().await;
     let ids = seed(&client, &api).await;
 
     let directory = std::env::temp_dir().join(format!("cls-schemathesis-{}", uuid::Uuid::new_v4().simple()));

@@ -1,0 +1,91 @@
+//! The real `cls` binary as a test process: started on a free loopback port, its address read from its
+//! "listening" line, its log lines echoed (`cls: ...`) and kept, killed on drop.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_cls");
+
+/// A running `cls` process, killed on drop.
+pub struct Cls {
+    pub child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    /// Its log lines (stderr), JSON unless `envs` says otherwise.
+    pub logs: mpsc::Receiver<String>,
+}
+
+impl Cls {
+    /// Starts `cls ARGS --listen 127.0.0.1:0` with JSON logs and `envs` (no inherited `DATABASE_URL`), and waits
+    /// for its "listening" line.
+    pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Cls {
+        let mut command = Command::new(BINARY);
+        command.args(args).args(["--listen", "127.0.0.1:0"]).env_remove("DATABASE_URL").env("CLS_LOG_FORMAT", "json");
+        command.envs(envs.iter().copied()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().expect("cls starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let (lines, logs) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("cls: {line}");
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (address_sender, address) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(base) = line.strip_prefix("cls api listening on ") {
+                    let _ = address_sender.send(base.to_owned());
+                }
+            }
+        });
+        let base = address.recv_timeout(Duration::from_secs(60)).expect("cls prints its address");
+        Cls { child, base, logs }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Waits (up to 60 s) until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(response) = client.get(self.url("/readyz")).send().await
+                && response.status() == 200
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "cls did not become ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits (up to 30 s) for the exit; answers the exit status and the log lines not yet read.
+    pub fn terminate(mut self) -> (ExitStatus, Vec<String>) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs").success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return (status, self.logs.try_iter().collect());
+            }
+            assert!(Instant::now() < deadline, "cls did not exit within 30 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Cls {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
