@@ -7,49 +7,14 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use cls_testkit::TestDb;
-use common::Cls;
+use common::{Cls, run_bounded};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
-
-/// Runs `command` to completion within `limit`, returning (success, stdout and stderr).
-fn run_bounded(command: &mut Command, limit: Duration) -> (bool, String) {
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("command starts");
-    let mut stdout = child.stdout.take().expect("stdout");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let out = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stdout.read_to_string(&mut text);
-        text
-    });
-    let err = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let output = format!("{}{}", out.join().unwrap_or_default(), err.join().unwrap_or_default());
-    match status {
-        Some(status) => (status.success(), output),
-        None => (false, format!("{output}\n(killed after {limit:?})")),
-    }
-}
 
 /// Debian's Chromium, installed when missing. `None` when it is missing and cannot be installed.
 fn chromium() -> Option<&'static str> {

@@ -7,13 +7,12 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cls_testkit::TestDb;
-use common::Cls;
+use common::{Cls, run_with_limit};
 use serde_json::{Value, json};
 
 /// Cases to generate per operation in the fuzzing phase (21 operations in the first run, 3 DELETEs in the second;
@@ -126,36 +125,13 @@ fn run_schemathesis(st: &Path, api: &Cls, directory: &Path, name: &str, args: &[
         ])
         .args(["--report", "ndjson", "--report-ndjson-path"])
         .arg(&report)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .args(args);
     eprintln!("running {command:?}");
     let started = Instant::now();
-    let mut child = command.spawn().expect("schemathesis starts");
-    let mut stdout = child.stdout.take().expect("stdout");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let out = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stdout.read_to_string(&mut text);
-        text
-    });
-    let err = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if started.elapsed() > RUN_LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("schemathesis run {name} took longer than {RUN_LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
+    let (status, output) = run_with_limit(&mut command, RUN_LIMIT);
+    let Some(status) = status else {
+        panic!("schemathesis run {name} took longer than {RUN_LIMIT:?}:\n{output}");
     };
-    let output = format!("{}{}", out.join().expect("stdout read"), err.join().expect("stderr read"));
     eprintln!("schemathesis run {name} ({:.0?}, {status}):\n{output}", started.elapsed());
     let (cases, server_errors) = read_report(&report);
     Run { success: status.success(), output, cases, server_errors }

@@ -2,7 +2,7 @@
 //! "listening" line, its log lines echoed (`cls: ...`) and kept, killed on drop.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -88,4 +88,45 @@ impl Drop for Cls {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `command` to completion within `limit`, returning (success, stdout and stderr). A command still running at
+/// the limit is killed: it did not succeed, and the output says so.
+pub fn run_bounded(command: &mut Command, limit: Duration) -> (bool, String) {
+    let (status, output) = run_with_limit(command, limit);
+    match status {
+        Some(status) => (status.success(), output),
+        None => (false, format!("{output}\n(killed after {limit:?})")),
+    }
+}
+
+/// Runs `command` to completion within `limit`: its exit status (`None` when it was killed at the limit) and its
+/// stdout and stderr.
+pub fn run_with_limit(command: &mut Command, limit: Duration) -> (Option<ExitStatus>, String) {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("command starts");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let err = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    (status, format!("{}{}", out.join().unwrap_or_default(), err.join().unwrap_or_default()))
 }
