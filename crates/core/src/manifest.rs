@@ -190,12 +190,12 @@ pub fn parse(kind: Kind, document: Value, expect: Expect<'_>) -> Result<Manifest
     let resource_version = match metadata.resource_version.as_deref() {
         None | Some("") => None,
         Some(text) => match text.parse::<i64>() {
-            Ok(version) if version > 0 => Some(version),
+            Ok(version) if version >= 0 => Some(version),
             _ => {
                 errors.push(FieldError::invalid(
                     "metadata.resourceVersion",
                     format!("\"{text}\""),
-                    "must be a positive integer",
+                    "must be a non-negative integer",
                 ));
                 None
             }
