@@ -1,5 +1,6 @@
 //! The CLS API server: object storage in PostgreSQL and the HTTP API.
 
+pub mod auth;
 pub mod http;
 pub mod kube;
 pub mod store;

@@ -34,7 +34,8 @@ async fn bounded<F: Future<Output = ()>>(test: F) {
 }
 
 fn client(api: &TestApi) -> Client {
-    let config = kube::Config::new(api.base.parse().expect("the API base is a URI"));
+    let mut config = kube::Config::new(api.base.parse().expect("the API base is a URI"));
+    config.auth_info.token = Some(api.token.clone().into());
     Client::try_from(config).expect("a kube client")
 }
 

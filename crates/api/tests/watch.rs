@@ -41,11 +41,11 @@ struct Watch {
 
 impl Watch {
     /// Opens a watch; a 503 while the API's change feed is still starting is retried, as clients do.
-    async fn open(base: &str, query: &str) -> Watch {
+    async fn open(client: &reqwest::Client, base: &str, query: &str) -> Watch {
         let url = format!("{base}{CLUSTERS}?watch=true&{query}");
         let request = async {
             loop {
-                let response = reqwest::get(&url).await.expect("watch request sent");
+                let response = client.get(&url).send().await.expect("watch request sent");
                 if response.status() != StatusCode::SERVICE_UNAVAILABLE {
                     return response;
                 }
@@ -180,7 +180,7 @@ async fn a_watch_from_resource_version_0_starts_with_a_synthetic_added_per_exist
         create(&api, "a", json!({})).await;
         create(&api, "b", json!({})).await;
         merge(&api, "b", json!({"metadata": {"labels": {"x": "1"}}})).await;
-        let mut watch = Watch::open(&api.base, "resourceVersion=0").await;
+        let mut watch = Watch::open(&api.client, &api.base, "resourceVersion=0").await;
         let initial = [watch.expect_event().await, watch.expect_event().await];
         let names: BTreeSet<(String, String)> = summary(&initial).into_iter().collect();
         assert_eq!(names, BTreeSet::from([pair("ADDED", "a"), pair("ADDED", "b")]));
@@ -210,7 +210,7 @@ async fn a_watch_from_a_listed_resource_version_delivers_every_later_change_and_
         merge(&api, "a", json!({"metadata": {"labels": {"step": "1"}}})).await;
         create(&api, "c", json!({})).await;
         delete(&api, "b").await;
-        let watch = Watch::open(&api.base, &format!("resourceVersion={listed}&timeoutSeconds=2")).await;
+        let watch = Watch::open(&api.client, &api.base, &format!("resourceVersion={listed}&timeoutSeconds=2")).await;
         merge(&api, "c", json!({"metadata": {"labels": {"step": "2"}}})).await;
         let events = watch.rest().await;
         let changes: Vec<(String, String)> = summary(&events)
@@ -254,8 +254,9 @@ async fn bookmarks_carry_a_resource_version_and_come_only_when_allowed() {
         let api = TestApi::start().await;
         let created = create(&api, "a", json!({})).await;
         let (listed, _) = settled_list(&api).await;
-        let with = Watch::open(&api.base, &format!("resourceVersion={listed}&allowWatchBookmarks=true")).await;
-        let without = Watch::open(&api.base, &format!("resourceVersion={listed}&timeoutSeconds=12")).await;
+        let with =
+            Watch::open(&api.client, &api.base, &format!("resourceVersion={listed}&allowWatchBookmarks=true")).await;
+        let without = Watch::open(&api.client, &api.base, &format!("resourceVersion={listed}&timeoutSeconds=12")).await;
         let (mut with, without) = (with, without.spawn());
         let bookmark = with.expect_event().await;
         assert_eq!(kind_of(&bookmark), "BOOKMARK", "{bookmark}");
@@ -285,7 +286,7 @@ async fn send_initial_events_ends_the_initial_events_with_a_bookmark_annotated_i
         create(&api, "a", json!({})).await;
         create(&api, "b", json!({})).await;
         let (settled, _) = settled_list(&api).await;
-        let mut watch = Watch::open(&api.base, INITIAL_EVENTS).await;
+        let mut watch = Watch::open(&api.client, &api.base, INITIAL_EVENTS).await;
         let initial = [watch.expect_event().await, watch.expect_event().await];
         let names: BTreeSet<(String, String)> = summary(&initial).into_iter().collect();
         assert_eq!(names, BTreeSet::from([pair("ADDED", "a"), pair("ADDED", "b")]));
@@ -306,7 +307,7 @@ async fn the_initial_events_end_bookmark_is_never_older_than_an_initial_object()
         let api = TestApi::start().await;
         for index in 0..20 {
             create(&api, &format!("o-{index}"), json!({})).await;
-            let mut watch = Watch::open(&api.base, INITIAL_EVENTS).await;
+            let mut watch = Watch::open(&api.client, &api.base, INITIAL_EVENTS).await;
             let mut newest = 0;
             let end = loop {
                 let event = watch.expect_event().await;
@@ -331,7 +332,7 @@ async fn timeout_seconds_ends_the_stream() {
         let api = TestApi::start().await;
         create(&api, "a", json!({})).await;
         let started = Instant::now();
-        let events = Watch::open(&api.base, "resourceVersion=0&timeoutSeconds=1").await.rest().await;
+        let events = Watch::open(&api.client, &api.base, "resourceVersion=0&timeoutSeconds=1").await.rest().await;
         let elapsed = started.elapsed();
         assert_eq!(summary(&events), [pair("ADDED", "a")]);
         assert!(elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(5), "{elapsed:?}");
@@ -361,7 +362,7 @@ async fn a_resource_version_older_than_the_feed_start_gets_http_200_and_an_error
         let app = cls_api::router(state);
         tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
 
-        let events = Watch::open(&base, "resourceVersion=1").await.rest().await;
+        let events = Watch::open(&api.client, &base, "resourceVersion=1").await.rest().await;
         assert_eq!(events.len(), 1, "{events:?}");
         assert_eq!(kind_of(&events[0]), "ERROR");
         let status = &events[0]["object"];
@@ -370,11 +371,11 @@ async fn a_resource_version_older_than_the_feed_start_gets_http_200_and_an_error
         assert_eq!(status["reason"], "Expired", "{status}");
 
         // a resume from its own list works
-        let response = reqwest::get(format!("{base}{CLUSTERS}")).await.expect("list");
+        let response = api.client.get(format!("{base}{CLUSTERS}")).send().await.expect("list");
         assert_eq!(response.status(), StatusCode::OK);
         let body: Value = response.json().await.expect("a list");
         let listed = body["metadata"]["resourceVersion"].as_str().expect("list resourceVersion").to_owned();
-        let mut watch = Watch::open(&base, &format!("resourceVersion={listed}")).await;
+        let mut watch = Watch::open(&api.client, &base, &format!("resourceVersion={listed}")).await;
         merge(&api, "a", json!({"metadata": {"labels": {"after": "restart"}}})).await;
         assert_eq!(summary(&[watch.expect_event().await]), [pair("MODIFIED", "a")]);
     })
@@ -389,10 +390,14 @@ async fn label_and_field_selectors_filter_watch_events() {
     bounded(async {
         let api = TestApi::start().await;
         let (listed, _) = settled_list(&api).await;
-        let blue =
-            Watch::open(&api.base, &format!("resourceVersion={listed}&labelSelector=team%3Dblue&timeoutSeconds=2"))
-                .await;
+        let blue = Watch::open(
+            &api.client,
+            &api.base,
+            &format!("resourceVersion={listed}&labelSelector=team%3Dblue&timeoutSeconds=2"),
+        )
+        .await;
         let named = Watch::open(
+            &api.client,
             &api.base,
             &format!("resourceVersion={listed}&fieldSelector=metadata.name%3Dx&timeoutSeconds=2"),
         )
@@ -416,9 +421,12 @@ async fn an_object_leaving_a_label_selector_arrives_as_deleted_and_one_entering_
         create(&api, "x", json!({"team": "blue"})).await;
         create(&api, "y", json!({"team": "red"})).await;
         let (listed, _) = settled_list(&api).await;
-        let watch =
-            Watch::open(&api.base, &format!("resourceVersion={listed}&labelSelector=team%3Dblue&timeoutSeconds=2"))
-                .await;
+        let watch = Watch::open(
+            &api.client,
+            &api.base,
+            &format!("resourceVersion={listed}&labelSelector=team%3Dblue&timeoutSeconds=2"),
+        )
+        .await;
         merge(&api, "x", json!({"metadata": {"labels": {"team": "red"}}})).await;
         merge(&api, "y", json!({"metadata": {"labels": {"team": "blue"}}})).await;
         let events = watch.rest().await;
@@ -435,7 +443,7 @@ async fn a_controller_report_through_the_thin_rest_api_arrives_as_modified() {
         api.register("x", &["Cluster"], &[]).await;
         let created = create(&api, "s", json!({})).await;
         let (listed, _) = settled_list(&api).await;
-        let mut watch = Watch::open(&api.base, &format!("resourceVersion={listed}")).await;
+        let mut watch = Watch::open(&api.client, &api.base, &format!("resourceVersion={listed}")).await;
         let (status, reported) = api.report("clusters", &uid(&created), "x", 1, true).await;
         assert_eq!(status, StatusCode::OK, "{reported}");
         let event = watch.expect_event().await;
@@ -536,7 +544,7 @@ async fn concurrent_writers_and_rolled_back_transactions_never_reorder_skip_or_i
             create(&api, &format!("obj-{writer}"), json!({})).await;
         }
         let (start, _) = settled_list(&api).await;
-        let mut first = Watch::open(&api.base, &format!("resourceVersion={start}")).await.spawn();
+        let mut first = Watch::open(&api.client, &api.base, &format!("resourceVersion={start}")).await.spawn();
 
         let progress = Arc::new(AtomicUsize::new(0));
         let writers: Vec<_> =
@@ -552,8 +560,8 @@ async fn concurrent_writers_and_rolled_back_transactions_never_reorder_skip_or_i
         .await
         .expect("the writers got halfway");
         let (middle, _) = list(&api).await;
-        let mut second = Watch::open(&api.base, &format!("resourceVersion={middle}")).await.spawn();
-        let mut third = Watch::open(&api.base, INITIAL_EVENTS).await.spawn();
+        let mut second = Watch::open(&api.client, &api.base, &format!("resourceVersion={middle}")).await.spawn();
+        let mut third = Watch::open(&api.client, &api.base, INITIAL_EVENTS).await.spawn();
 
         let mut written = Written::default();
         for writer in writers {

@@ -19,6 +19,7 @@ use cls_reconciler::{InProcessBus, PubSubConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::PubSubArgs;
+use crate::tokens::UpTokens;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum BuiltIn {
@@ -39,6 +40,9 @@ pub struct ControllerArgs {
     /// The CLS API.
     #[arg(long, env = "CLS_API_URL", default_value = "http://127.0.0.1:8080")]
     pub api_url: String,
+    /// The controller's API token (`cls token create --role controller:NAME`).
+    #[arg(long, env = "CLS_TOKEN", hide_env_values = true)]
+    pub token: String,
     /// Where local-process keeps pid files and logs (default: CLS_HOME/local-process).
     #[arg(long, env = "CLS_CONTROLLER_STATE")]
     pub state_dir: Option<PathBuf>,
@@ -106,7 +110,7 @@ pub async fn run(args: ControllerArgs, shutdown: CancellationToken) -> anyhow::R
         "cls controller consumes Pub/Sub: set CLS_PUBSUB_PROJECT (and PUBSUB_EMULATOR_HOST for the emulator)",
     )?;
     let config = PubSubConfig::new(project, &args.pubsub.pubsub_topic, args.pubsub.pubsub_emulator_host.clone());
-    let api = ApiClient::new(&args.api_url);
+    let api = ApiClient::new(&args.api_url).with_token(&args.token);
     let metrics = Metrics::new();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -149,6 +153,7 @@ pub async fn run(args: ControllerArgs, shutdown: CancellationToken) -> anyhow::R
 /// when configured). Stops the local processes before it returns.
 pub async fn run_for_up(
     api_address: SocketAddr,
+    tokens: &UpTokens,
     home: PathBuf,
     pubsub: &PubSubArgs,
     bus: InProcessBus,
@@ -166,10 +171,15 @@ pub async fn run_for_up(
     let local = Runtime::new(
         local_process::config(),
         LocalProcess::new(home.join("local-process")),
-        api.clone(),
+        api.clone().with_token(&tokens.local_process),
         metrics.clone(),
     );
-    let ports = Runtime::new(port_allocator::config(), port_allocator::PortAllocator, api, metrics);
+    let ports = Runtime::new(
+        port_allocator::config(),
+        port_allocator::PortAllocator,
+        api.with_token(&tokens.port_allocator),
+        metrics,
+    );
     let (local_result, ports_result) =
         tokio::join!(local.clone().run(source(), shutdown.clone()), ports.run(source(), shutdown.clone()));
     local.reconciler().stop_all().await;

@@ -1,10 +1,13 @@
 //! The kubeconfig that `cls up` writes, so that a new user's next command can be `kubectl apply -f examples/`.
 
+use std::io::Write;
 use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// Writes `home/kubeconfig` pointing kubectl at `address` (namespace `default`) and returns its path.
-pub fn write(home: &Path, address: SocketAddr) -> std::io::Result<PathBuf> {
+/// Writes `home/kubeconfig` pointing kubectl at `address` (namespace `default`) with the bearer `token`, readable
+/// by its owner only, and returns its path.
+pub fn write(home: &Path, address: SocketAddr, token: &str) -> std::io::Result<PathBuf> {
     let path = home.join("kubeconfig");
     let config = format!(
         "apiVersion: v1
@@ -22,10 +25,13 @@ contexts:
 current-context: cls
 users:
 - name: cls
-  user: {{}}
+  user:
+    token: {token}
 "
     );
-    std::fs::write(&path, config)?;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(config.as_bytes())?;
     Ok(path)
 }
 
@@ -37,10 +43,12 @@ mod tests {
     fn the_kubeconfig_points_at_the_address() {
         let home = std::env::temp_dir().join(format!("cls-kubeconfig-{}", std::process::id()));
         std::fs::create_dir_all(&home).unwrap();
-        let path = write(&home, "127.0.0.1:8080".parse().unwrap()).unwrap();
+        let path = write(&home, "127.0.0.1:8080".parse().unwrap(), "cls_secret").unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("server: http://127.0.0.1:8080"));
         assert!(text.contains("current-context: cls"));
+        assert!(text.contains("token: cls_secret"));
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "only its owner reads it");
         std::fs::remove_dir_all(&home).unwrap();
     }
 }

@@ -6,6 +6,7 @@ mod kubeconfig;
 mod postgres;
 mod reconciler;
 mod server;
+mod tokens;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,6 +51,8 @@ pub enum Command {
     Reconciler(ReconcilerArgs),
     /// Run one built-in controller (local-process, port-allocator) against the API and Pub/Sub.
     Controller(ControllerArgs),
+    /// Create, list and revoke API tokens (in DATABASE_URL, or through the API `cls up` serves).
+    Token(tokens::TokenArgs),
 }
 
 #[derive(Debug, Args)]
@@ -78,6 +81,8 @@ pub struct ApiArgs {
     pub database: DatabaseArgs,
     #[command(flatten)]
     pub schedule: ScheduleArgs,
+    #[command(flatten)]
+    pub security: tokens::SecurityArgs,
 }
 
 #[derive(Debug, Args)]
@@ -99,6 +104,8 @@ pub struct UpArgs {
     /// controllers.
     #[arg(long, env = "CLS_BUILTIN_CONTROLLERS", default_value_t = true, action = clap::ArgAction::Set)]
     pub builtin_controllers: bool,
+    #[command(flatten)]
+    pub security: tokens::SecurityArgs,
 }
 
 /// Installs the tracing subscriber (`RUST_LOG` filters; default `info`).
@@ -127,9 +134,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!("migrations applied");
             Ok(())
         }
+        Command::Token(args) => tokens::run(args).await,
         Command::Api(args) => {
             let schedule = schedule_config(&args.schedule);
-            server::serve(&args.database.database_url, args.listen, schedule, shutdown, |_| {}).await
+            let database_url = &args.database.database_url;
+            server::serve(database_url, args.listen, schedule, &args.security, Vec::new(), shutdown, |_| {}).await
         }
         Command::Reconciler(args) => reconciler::run(args, shutdown).await,
         Command::Controller(args) => controller::run(args, shutdown).await,
@@ -143,6 +152,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let kubeconfig_home = home.clone();
             let controllers_home = home.clone();
             let in_process = cls_reconciler::InProcessBus::new();
+            let tokens = tokens::UpTokens::generate();
             let (api_address_sender, mut api_address) = tokio::sync::watch::channel(None);
             let (database_url, embedded) = match args.database_url {
                 Some(url) => (url, None),
@@ -154,16 +164,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let serve = async {
                 let write_kubeconfig = |address| {
                     let _ = api_address_sender.send(Some(address));
-                    match kubeconfig::write(&kubeconfig_home, address) {
+                    match kubeconfig::write(&kubeconfig_home, address, &tokens.admin) {
                         Ok(path) => {
                             println!("kubectl is ready: export KUBECONFIG={}", path.display());
                             println!("then: kubectl apply -f examples/ && kubectl get clusters,services");
+                            println!("dashboard: http://{address}/ui#token={}", tokens.admin);
                         }
                         Err(error) => tracing::warn!(error = %error, "cannot write the kubeconfig"),
                     }
                 };
-                let served =
-                    server::serve(&database_url, args.listen, schedule, shutdown.clone(), write_kubeconfig).await;
+                let served = server::serve(
+                    &database_url,
+                    args.listen,
+                    schedule,
+                    &args.security,
+                    tokens.entries(),
+                    shutdown.clone(),
+                    write_kubeconfig,
+                )
+                .await;
                 shutdown.cancel();
                 served
             };
@@ -182,8 +201,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 else {
                     return Ok(());
                 };
-                controller::run_for_up(address, controllers_home, &args.pubsub, in_process.clone(), shutdown.clone())
-                    .await
+                controller::run_for_up(
+                    address,
+                    &tokens,
+                    controllers_home,
+                    &args.pubsub,
+                    in_process.clone(),
+                    shutdown.clone(),
+                )
+                .await
             };
             let (served, reconciled, controlled) = tokio::join!(serve, reconciler, controllers);
             if let Err(error) = reconciled {
@@ -204,7 +230,7 @@ fn schedule_config(args: &ScheduleArgs) -> cls_api::ScheduleConfig {
     cls_api::ScheduleConfig { attention_interval: args.attention_interval, stable_interval: args.stable_interval }
 }
 
-fn default_home() -> anyhow::Result<PathBuf> {
+pub(crate) fn default_home() -> anyhow::Result<PathBuf> {
     let home = std::env::var_os("HOME").ok_or_else(|| anyhow::anyhow!("HOME is not set; set CLS_HOME"))?;
     Ok(PathBuf::from(home).join(".cls"))
 }

@@ -10,6 +10,8 @@ use anyhow::Context;
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 
+use crate::tokens::{SecurityArgs, put_tokens};
+
 /// Cancelled on ctrl-c or SIGTERM.
 pub fn shutdown_signal() -> CancellationToken {
     let token = CancellationToken::new();
@@ -72,12 +74,22 @@ pub async fn serve(
     database_url: &str,
     listen: SocketAddr,
     schedule: cls_api::ScheduleConfig,
+    security: &SecurityArgs,
+    tokens: Vec<(String, String, String)>,
     shutdown: CancellationToken,
     on_listening: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
+    let auth = security.auth_config()?;
+    if !listen.ip().is_loopback() && auth.gateway.is_none() {
+        tracing::warn!(
+            %listen,
+            "serving plain HTTP on a non-loopback address: bearer tokens cross the network in clear text; put a \
+             TLS-terminating gateway in front (and --trusted-gateway for its identity headers) or listen on 127.0.0.1"
+        );
+    }
     let pool = pool(database_url)?;
     let store = cls_api::Store::new(pool.clone(), schedule);
-    let mut state = cls_api::AppState::new(store);
+    let mut state = cls_api::AppState::with_security(store, auth, security.limits());
     state.migrated = Arc::new(AtomicBool::new(false));
     let migrated = state.migrated.clone();
     let feed = state.feed.clone();
@@ -89,12 +101,15 @@ pub async fn serve(
     // the one line scripts and tests wait for
     println!("cls api listening on http://{address}");
     on_listening(address);
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future();
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future();
     let migrations = async {
         migrate_with_retries(&pool, &shutdown).await?;
         if shutdown.is_cancelled() {
             return anyhow::Ok(());
         }
+        put_tokens(&store, &tokens).await?;
         migrated.store(true, Ordering::Release);
         tracing::info!("migrations applied; api ready");
         tokio::spawn(cls_api::store::notify_listeners(store.clone(), shutdown.clone()));

@@ -158,6 +158,24 @@ impl ApiClient {
         ApiClient { http, base: base.into().trim_end_matches('/').to_owned() }
     }
 
+    /// The same client, sending `Authorization: Bearer TOKEN` (a `controller:<name>` token) with every request.
+    pub fn with_token(mut self, token: &str) -> ApiClient {
+        let mut headers = reqwest::header::HeaderMap::new();
+        match reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")) {
+            Ok(mut value) => {
+                value.set_sensitive(true);
+                headers.insert(reqwest::header::AUTHORIZATION, value);
+            }
+            Err(_) => tracing::warn!("the API token is not a valid header value; requests go without it"),
+        }
+        self.http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .default_headers(headers)
+            .build()
+            .expect("an http client builds");
+        self
+    }
+
     pub fn base(&self) -> &str {
         &self.base
     }

@@ -4,6 +4,7 @@
 //! Everything here is pure: no I/O, no clock reads (callers pass `now`). Transport (`cls-api`), storage and the bus
 //! (`cls-reconciler`) depend on this crate and never on each other.
 
+pub mod access;
 pub mod aggregate;
 pub mod condition;
 pub mod crd;

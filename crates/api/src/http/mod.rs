@@ -3,10 +3,12 @@
 
 pub mod body;
 pub mod error;
+pub mod guard;
 pub mod metrics;
 mod openapi;
 pub(crate) mod query;
 pub(crate) mod rest;
+pub(crate) mod security;
 pub(crate) mod ui;
 
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use crate::auth::{AuthConfig, Authenticator};
 use crate::store::Store;
 use crate::store::feed::ChangeFeed;
 use error::ApiError;
@@ -33,12 +36,24 @@ pub struct AppState {
     pub migrated: Arc<AtomicBool>,
     /// Request, pool and watch metrics served at `/metrics`.
     pub metrics: metrics::HttpMetrics,
+    /// Who is calling: bearer tokens, OIDC, trusted gateway headers.
+    pub auth: Authenticator,
+    /// Per-identity rate limits and the request timeout.
+    pub limiter: guard::Limiter,
 }
 
 impl AppState {
-    /// State for a store whose database is already migrated.
+    /// State for a store whose database is already migrated, authenticating bearer tokens only, with the
+    /// default limits.
     pub fn new(store: Store) -> Self {
+        AppState::with_security(store, AuthConfig::default(), guard::Limits::default())
+    }
+
+    /// State with the given authentication settings and limits.
+    pub fn with_security(store: Store, auth: AuthConfig, limits: guard::Limits) -> Self {
         AppState {
+            auth: Authenticator::new(store.clone(), auth),
+            limiter: guard::Limiter::new(limits),
             store,
             feed: Arc::new(ChangeFeed::new()),
             migrated: Arc::new(AtomicBool::new(true)),
@@ -68,11 +83,13 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route("/openapi.json", get(openapi::openapi))
         .merge(ui::routes())
+        .merge(security::routes())
         .merge(rest::routes())
         .merge(crate::kube::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
         .layer(middleware::from_fn_with_state(state.clone(), until_migrated))
         .layer(middleware::from_fn_with_state(state.clone(), metrics::observe))
         .with_state(state)

@@ -49,7 +49,16 @@ impl Params {
         };
         let namespace =
             if kind.namespaced() { self.namespace.clone().filter(|namespace| !namespace.is_empty()) } else { None };
-        Ok(ListQuery { namespace, labels, fields, limit, continue_after, all: false, feed_cursor: None })
+        Ok(ListQuery {
+            namespace,
+            visible_namespaces: None,
+            labels,
+            fields,
+            limit,
+            continue_after,
+            all: false,
+            feed_cursor: None,
+        })
     }
 }
 

@@ -2,11 +2,12 @@
 //! name), with the same `Status` errors.
 
 use axum::Router;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use cls_core::Kind;
+use cls_core::access::Identity;
 use cls_core::manifest::{self, Expect, Manifest};
 use cls_core::resources::ControllerReport;
 use serde_json::{Value, json};
@@ -15,6 +16,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::body::Body;
 use super::error::{ApiError, ApiResult};
+use super::guard::{AuditNote, denied, seen, visible};
 use super::query::Params;
 use crate::store::{Change, ObjectKey, StoredObject};
 
@@ -50,12 +52,13 @@ pub fn parse_manifest(kind: Kind, document: Value, expect: Expect<'_>) -> ApiRes
 
 async fn list(
     State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
     Path(plural): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
     let kind = kind_of(&plural)?;
-    let query = Params::parse(raw.as_deref())?.list_query(kind)?;
-    let mut query = query;
+    let mut query = Params::parse(raw.as_deref())?.list_query(kind)?;
+    query.visible_namespaces = identity.visible_namespaces(kind).map(|namespaces| namespaces.iter().cloned().collect());
     query.feed_cursor = state.feed_cursor();
     let page = state.store.list(kind, &query).await?;
     let mut metadata = json!({"resourceVersion": page.resource_version.to_string()});
@@ -71,21 +74,37 @@ async fn list(
     .into_response())
 }
 
-async fn create(State(state): State<AppState>, Path(plural): Path<String>, body: Body) -> ApiResult<Response> {
+async fn create(
+    State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
+    Extension(note): Extension<AuditNote>,
+    Path(plural): Path<String>,
+    body: Body,
+) -> ApiResult<Response> {
     let kind = kind_of(&plural)?;
     let manifest = parse_manifest(kind, body.document()?, Expect::default())?;
+    note.name(&manifest.name);
+    let namespace = manifest.namespace.as_deref().unwrap_or_default();
+    identity.may_create(kind, namespace).map_err(|denial| denied(denial, kind, &manifest.name))?;
     let created = state.store.create(&manifest).await?;
+    note.after(&created);
     Ok(object(StatusCode::CREATED, &created))
 }
 
-async fn read(State(state): State<AppState>, Path((plural, id)): Path<(String, String)>) -> ApiResult<Response> {
+async fn read(
+    State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
+    Path((plural, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
     let kind = kind_of(&plural)?;
-    let found = state.store.get(kind, &key_of(kind, &id)?).await?;
+    let found = visible(&identity, state.store.get(kind, &key_of(kind, &id)?).await?)?;
     Ok(object(StatusCode::OK, &found))
 }
 
 async fn replace(
     State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
+    Extension(note): Extension<AuditNote>,
     Path((plural, id)): Path<(String, String)>,
     body: Body,
 ) -> ApiResult<Response> {
@@ -93,23 +112,32 @@ async fn replace(
     let document = body.document()?;
     if kind == Kind::Controller && Uuid::parse_str(&id).is_err() {
         // register or heartbeat
+        identity.may_register(&id).map_err(|denial| denied(denial, kind, &id))?;
         let manifest = parse_manifest(kind, document, Expect { name: Some(&id), namespace: None })?;
         let (registered, change) = state.store.register_controller(&manifest).await?;
+        note.after(&registered);
         let code = if change == Change::Created { StatusCode::CREATED } else { StatusCode::OK };
         return Ok(object(code, &registered));
     }
     let (updated, _) = state
         .store
         .update(kind, &key_of(kind, &id)?, |current| {
+            note.before(current);
+            seen(&identity, current)?;
             let expect = Expect { name: Some(&current.name), namespace: Some(&current.namespace) };
-            parse_manifest(kind, document.clone(), expect)
+            let desired = parse_manifest(kind, document.clone(), expect)?;
+            may_update(&identity, current, &desired)?;
+            Ok::<_, ApiError>(desired)
         })
         .await??;
+    note.after(&updated);
     Ok(object(StatusCode::OK, &updated))
 }
 
 async fn patch(
     State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
+    Extension(note): Extension<AuditNote>,
     Path((plural, id)): Path<(String, String)>,
     body: Body,
 ) -> ApiResult<Response> {
@@ -118,31 +146,62 @@ async fn patch(
     let (updated, _) = state
         .store
         .update(kind, &key_of(kind, &id)?, |current| {
+            note.before(current);
+            seen(&identity, current)?;
             let patched = patch.apply(current.to_json())?;
             let expect = Expect { name: Some(&current.name), namespace: Some(&current.namespace) };
-            parse_manifest(kind, patched, expect)
+            let desired = parse_manifest(kind, patched, expect)?;
+            may_update(&identity, current, &desired)?;
+            Ok::<_, ApiError>(desired)
         })
         .await??;
+    note.after(&updated);
     Ok(object(StatusCode::OK, &updated))
+}
+
+/// Whether `identity` may turn `current` into `desired` (404 when it does not see it, 403 when it may not).
+pub fn may_update(identity: &Identity, current: &StoredObject, desired: &Manifest) -> ApiResult<()> {
+    let changed = desired.spec.to_value() != current.spec
+        || desired.labels != current.labels
+        || desired.annotations != current.annotations
+        || desired.owner_references != current.owner_references;
+    identity
+        .may_update(current.kind, &current.namespace, &current.name, changed, &current.finalizers, &desired.finalizers)
+        .map_err(|denial| denied(denial, current.kind, &current.name))
 }
 
 async fn delete(
     State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
+    Extension(note): Extension<AuditNote>,
     Path((plural, id)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
     let kind = kind_of(&plural)?;
     let force = Params::parse(raw.as_deref())?.force()?;
-    let deleted = state.store.delete(kind, &key_of(kind, &id)?, force).await?;
+    let key = key_of(kind, &id)?;
+    let current = visible(&identity, state.store.get(kind, &key).await?)?;
+    note.before(&current);
+    identity
+        .may_delete(kind, &current.namespace, &current.name, force)
+        .map_err(|denial| denied(denial, kind, &current.name))?;
+    let deleted = state.store.delete(kind, &ObjectKey::Uid(current.uid), force).await?;
+    note.after(&deleted);
     Ok(object(StatusCode::OK, &deleted))
 }
 
-async fn read_status(State(state): State<AppState>, Path((plural, id)): Path<(String, String)>) -> ApiResult<Response> {
-    read(State(state), Path((plural, id))).await
+async fn read_status(
+    state: State<AppState>,
+    identity: Extension<Identity>,
+    path: Path<(String, String)>,
+) -> ApiResult<Response> {
+    read(state, identity, path).await
 }
 
 async fn report(
     State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
+    Extension(note): Extension<AuditNote>,
     Path((plural, id)): Path<(String, String)>,
     body: Body,
 ) -> ApiResult<Response> {
@@ -155,7 +214,15 @@ async fn report(
     };
     let report: ControllerReport =
         manifest::typed("", body.document()?).map_err(|error| ApiError::invalid(kind, &id, &[error]))?;
-    let updated = state.store.report(kind, uid, report).await?;
+    identity.may_report(kind, "", &id, &report.controller).or_else(|denial| match denial {
+        // the namespace is checked where the object is read
+        cls_core::access::Denial::Hidden => Ok(()),
+        forbidden => Err(denied(forbidden, kind, &id)),
+    })?;
+    let (updated, before) =
+        state.store.report_visible(kind, uid, report, |namespace| identity.sees(kind, namespace)).await?;
+    note.after(&updated);
+    note.with_before(before);
     Ok(object(StatusCode::OK, &updated))
 }
 

@@ -4,11 +4,12 @@
 use std::sync::Mutex;
 
 use axum::Router;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::header::{ACCEPT, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use cls_core::access::Identity;
 use cls_core::manifest::{self, Expect};
 use cls_core::resources::ControllerReport;
 use cls_core::{GROUP, Kind, VERSION};
@@ -24,7 +25,8 @@ use super::table::{IncludeObject, TABLE_CONTENT_TYPE, table, wants_table};
 use crate::http::AppState;
 use crate::http::body::Body;
 use crate::http::error::{ApiError, ApiResult};
-use crate::http::rest::{ListBody, Patch, parse_manifest};
+use crate::http::guard::{AuditNote, denied, seen, visible};
+use crate::http::rest::{ListBody, Patch, may_update, parse_manifest};
 use crate::store::{ObjectKey, Store, StoreError, StoredObject};
 
 pub fn routes() -> Router<AppState> {
@@ -103,6 +105,15 @@ impl Target {
         Ok(())
     }
 
+    /// 404 for an object in a namespace `identity` does not see.
+    fn check_visible(&self, identity: &Identity, name: &str) -> ApiResult<()> {
+        if identity.sees(self.kind, self.namespace.as_deref().unwrap_or_default()) {
+            Ok(())
+        } else {
+            Err(ApiError::object_not_found(self.kind, name))
+        }
+    }
+
     fn key(&self, name: &str) -> ObjectKey {
         ObjectKey::name(self.namespace.clone().unwrap_or_default(), name)
     }
@@ -175,6 +186,7 @@ fn check_fields(kind: Kind, document: &Value, params: &KubeParams) -> ApiResult<
 
 async fn list(
     State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
     Path(path): Path<PathParams>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
@@ -183,6 +195,8 @@ async fn list(
     let params = KubeParams::parse(raw.as_deref())?;
     let mut query = params.list_params().list_query(target.kind)?;
     query.namespace = target.namespace.clone();
+    query.visible_namespaces =
+        identity.visible_namespaces(target.kind).map(|namespaces| namespaces.iter().cloned().collect());
     if params.watch()? {
         return super::watch::watch(state, target.kind, query, params, wants_table(accept(&headers))).await;
     }
@@ -205,6 +219,8 @@ async fn list(
 
 async fn create(
     State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
+    Extension(note): Extension<AuditNote>,
     Path(path): Path<PathParams>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
@@ -217,47 +233,65 @@ async fn create(
     let warnings = check_fields(target.kind, &document, &params)?;
     let expect = Expect { namespace: target.namespace.as_deref(), name: None };
     let manifest = parse_manifest(target.kind, document, expect)?;
+    note.name(&manifest.name);
+    identity
+        .may_create(target.kind, manifest.namespace.as_deref().unwrap_or_default())
+        .map_err(|denial| denied(denial, target.kind, &manifest.name))?;
     let created = store_for(&state, &params)?.create(&manifest).await?;
+    note.after(&created);
     Ok(object_response(StatusCode::CREATED, &created, &headers, &params, &warnings))
 }
 
 async fn read(
     State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
     Path(path): Path<PathParams>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let (target, name, params) = path.item(raw.as_deref())?;
-    let object = state.store.get(target.kind, &target.key(&name)).await?;
+    target.check_visible(&identity, &name)?;
+    let object = visible(&identity, state.store.get(target.kind, &target.key(&name)).await?)?;
     Ok(object_response(StatusCode::OK, &object, &headers, &params, &[]))
 }
 
 async fn replace(
     State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
+    Extension(note): Extension<AuditNote>,
     Path(path): Path<PathParams>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
     let (target, name, params) = path.item(raw.as_deref())?;
+    target.check_visible(&identity, &name)?;
     let document = body.document()?;
     let warnings = check_fields(target.kind, &document, &params)?;
     let expect = Expect { namespace: target.namespace.as_deref(), name: Some(&name) };
     let manifest = parse_manifest(target.kind, document, expect)?;
     let (updated, _) = store_for(&state, &params)?
-        .update(target.kind, &target.key(&name), |_| Ok::<_, ApiError>(manifest.clone()))
+        .update(target.kind, &target.key(&name), |current| {
+            note.before(current);
+            may_update(&identity, current, &manifest)?;
+            Ok::<_, ApiError>(manifest.clone())
+        })
         .await??;
+    note.after(&updated);
     Ok(object_response(StatusCode::OK, &updated, &headers, &params, &warnings))
 }
 
 async fn patch(
     State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
+    Extension(note): Extension<AuditNote>,
     Path(path): Path<PathParams>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
     let (target, name, params) = path.item(raw.as_deref())?;
+    target.check_visible(&identity, &name)?;
     let store = store_for(&state, &params)?;
     let key = target.key(&name);
     let expect = Expect { namespace: target.namespace.as_deref(), name: Some(&name) };
@@ -272,18 +306,27 @@ async fn patch(
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let updated = store
             .update(target.kind, &key, |current| {
-                parse_manifest(target.kind, apply(Some(&current.to_json()), &applied, &manager, &now), expect)
+                note.before(current);
+                let desired =
+                    parse_manifest(target.kind, apply(Some(&current.to_json()), &applied, &manager, &now), expect)?;
+                may_update(&identity, current, &desired)?;
+                Ok::<_, ApiError>(desired)
             })
             .await;
         let warnings = warnings.into_inner().expect("warnings");
         return match updated {
             Ok(result) => {
                 let (object, _) = result?;
+                note.after(&object);
                 Ok(object_response(StatusCode::OK, &object, &headers, &params, &warnings))
             }
             Err(StoreError::NotFound { .. }) => {
                 let manifest = parse_manifest(target.kind, apply(None, &applied, &manager, &now), expect)?;
+                identity
+                    .may_create(target.kind, manifest.namespace.as_deref().unwrap_or_default())
+                    .map_err(|denial| denied(denial, target.kind, &manifest.name))?;
                 let created = store.create(&manifest).await?;
+                note.after(&created);
                 Ok(object_response(StatusCode::CREATED, &created, &headers, &params, &warnings))
             }
             Err(error) => Err(error.into()),
@@ -295,23 +338,34 @@ async fn patch(
     };
     let (updated, _) = store
         .update(target.kind, &key, |current| {
+            note.before(current);
+            seen(&identity, current)?;
             let patched = patch.apply(current.to_json())?;
             *warnings.lock().expect("warnings") = check_fields(target.kind, &patched, &params)?;
-            parse_manifest(target.kind, patched, expect)
+            let desired = parse_manifest(target.kind, patched, expect)?;
+            may_update(&identity, current, &desired)?;
+            Ok::<_, ApiError>(desired)
         })
         .await??;
+    note.after(&updated);
     let warnings = warnings.into_inner().expect("warnings");
     Ok(object_response(StatusCode::OK, &updated, &headers, &params, &warnings))
 }
 
 async fn delete(
     State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
+    Extension(note): Extension<AuditNote>,
     Path(path): Path<PathParams>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let (target, name, params) = path.item(raw.as_deref())?;
+    identity
+        .may_delete(target.kind, target.namespace.as_deref().unwrap_or_default(), &name, false)
+        .map_err(|denial| denied(denial, target.kind, &name))?;
     let deleted = store_for(&state, &params)?.delete(target.kind, &target.key(&name), false).await?;
+    note.after(&deleted);
     Ok(object_response(StatusCode::OK, &deleted, &headers, &params, &[]))
 }
 
@@ -319,26 +373,32 @@ async fn delete(
 /// report; the aggregate fields are read-only and ignored.
 async fn put_status(
     state: State<AppState>,
+    caller: Caller,
     path: Path<PathParams>,
     raw: RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    write_status(state, path, raw, headers, body, false).await
+    write_status(state, caller, path, raw, headers, body, false).await
 }
 
 async fn patch_status(
     state: State<AppState>,
+    caller: Caller,
     path: Path<PathParams>,
     raw: RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    write_status(state, path, raw, headers, body, true).await
+    write_status(state, caller, path, raw, headers, body, true).await
 }
+
+/// The identity of a request and its audit note.
+type Caller = (Extension<Identity>, Extension<AuditNote>);
 
 async fn write_status(
     State(state): State<AppState>,
+    (Extension(identity), Extension(note)): Caller,
     Path(path): Path<PathParams>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
@@ -349,8 +409,10 @@ async fn write_status(
     if !target.kind.reconciled() {
         return Err(ApiError::method_not_allowed());
     }
+    target.check_visible(&identity, &name)?;
     let store = store_for(&state, &params)?;
     let current = state.store.get(target.kind, &target.key(&name)).await?;
+    note.before(&current);
     let current_json = current.to_json();
     let document = if is_patch {
         match body.media_type.as_str() {
@@ -381,8 +443,12 @@ async fn write_status(
         }
         let report: ControllerReport = manifest::typed(&format!("status.controllers[{index}]"), entry)
             .map_err(|error| ApiError::invalid(target.kind, &name, &[error]))?;
+        identity
+            .may_report(target.kind, &latest.namespace, &name, &report.controller)
+            .map_err(|denial| denied(denial, target.kind, &name))?;
         latest = store.report(target.kind, latest.uid, report).await?;
     }
+    note.after(&latest);
     Ok(object_response(StatusCode::OK, &latest, &headers, &params, &[]))
 }
 

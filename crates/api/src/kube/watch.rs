@@ -171,15 +171,12 @@ impl Filter {
     }
 
     fn matches(&self, change: &Change) -> bool {
-        if change.kind != self.kind.as_str() {
-            return false;
-        }
-        if self.query.namespace.as_ref().is_some_and(|namespace| *namespace != change.namespace) {
+        if !self.matches_fields(change) {
             return false;
         }
         let metadata = &change.object["metadata"];
         let labels: BTreeMap<String, String> = serde_json::from_value(metadata["labels"].clone()).unwrap_or_default();
-        self.query.labels.matches(&labels) && self.matches_fields(change)
+        self.query.labels.matches(&labels)
     }
 
     /// Kind, namespace and field selector (all immutable for an object).
@@ -188,6 +185,9 @@ impl Filter {
             return false;
         }
         if self.query.namespace.as_ref().is_some_and(|namespace| *namespace != change.namespace) {
+            return false;
+        }
+        if self.query.visible_namespaces.as_ref().is_some_and(|visible| !visible.contains(&change.namespace)) {
             return false;
         }
         let metadata = &change.object["metadata"];

@@ -12,6 +12,7 @@ mod object;
 pub mod read;
 mod registry;
 mod report;
+mod security;
 mod write;
 
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use uuid::Uuid;
 
 pub use object::StoredObject;
 pub use read::{ContinueToken, ListQuery, ListResult};
+pub use security::{AuditRecord, TokenRecord};
 pub use write::Change;
 
 use registry::RegistryCache;

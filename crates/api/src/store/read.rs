@@ -43,6 +43,8 @@ impl ContinueToken {
 pub struct ListQuery {
     /// Restricts to one namespace (namespaced kinds).
     pub namespace: Option<String>,
+    /// The caller's namespaces, when limited: objects elsewhere are left out.
+    pub visible_namespaces: Option<Vec<String>>,
     pub labels: LabelSelector,
     pub fields: FieldSelector,
     /// Page size; `None` gives the default, values above the maximum are capped.
@@ -177,6 +179,9 @@ impl Store {
         builder.push(" where o.kind = ").push_bind(kind.as_str());
         if let Some(namespace) = &query.namespace {
             builder.push(" and o.namespace = ").push_bind(namespace.clone());
+        }
+        if let Some(namespaces) = &query.visible_namespaces {
+            builder.push(" and o.namespace = any(").push_bind(namespaces.clone()).push(")");
         }
         for requirement in &query.labels.requirements {
             push_label_requirement(&mut builder, requirement);

@@ -26,6 +26,18 @@ impl Store {
     /// Stores a controller's report on object `uid` of `kind` and answers the object with the new aggregate.
     /// A report that changes nothing (same generation, conditions ignoring timestamps, and data) is a no-op.
     pub async fn report(&self, kind: Kind, uid: Uuid, report: ControllerReport) -> Result<StoredObject> {
+        Ok(self.report_visible(kind, uid, report, |_| true).await?.0)
+    }
+
+    /// [`Store::report`] on behalf of a caller that sees only the namespaces `visible` accepts (others answer
+    /// 404 and store nothing); also answers the object's resourceVersion before the report.
+    pub async fn report_visible(
+        &self,
+        kind: Kind,
+        uid: Uuid,
+        report: ControllerReport,
+        visible: impl Fn(&str) -> bool,
+    ) -> Result<(StoredObject, i64)> {
         let errors = validate_report(&report);
         if !errors.is_empty() {
             return Err(StoreError::Invalid { kind, name: uid.to_string(), errors });
@@ -35,7 +47,10 @@ impl Store {
             let mut builder = QueryBuilder::new(select_object(true));
             push_key(&mut builder, kind, &key);
             let row: Option<ObjectRow> = builder.build_query_as().fetch_optional(&self.pool).await?;
-            let row = row.ok_or_else(|| StoreError::NotFound { kind, name: uid.to_string() })?;
+            let row = row
+                .filter(|row| visible(&row.namespace))
+                .ok_or_else(|| StoreError::NotFound { kind, name: uid.to_string() })?;
+            let before = row.resource_version;
             if report.observed_generation > row.generation {
                 return Err(StoreError::Invalid {
                     kind,
@@ -69,7 +84,7 @@ impl Store {
                     && same_conditions_ignoring_time(&stored.conditions, &incoming.conditions)
                     && stored.data == incoming.data
                 {
-                    return Ok(self.resolve(vec![row]).await?.remove(0));
+                    return Ok((self.resolve(vec![row]).await?.remove(0), before));
                 }
                 reports[index] = incoming.clone();
             } else {
@@ -85,7 +100,7 @@ impl Store {
             let status_seq = row.status_seq;
             let mut object = row.into_object(serde_json::to_value(&status).expect("status serializes"));
             if self.dry_run {
-                return Ok(object);
+                return Ok((object, before));
             }
             let written = sqlx::query_as::<_, (i64, i64)>(
                 "with obj as (
@@ -140,7 +155,7 @@ impl Store {
             };
             self.committed();
             object.resource_version = resource_version;
-            return Ok(object);
+            return Ok((object, before));
         }
         Err(StoreError::Conflict {
             kind,

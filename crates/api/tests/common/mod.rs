@@ -10,9 +10,30 @@ use serde_json::{Value, json};
 
 pub struct TestApi {
     pub base: String,
+    /// Sends the admin `token` with every request.
     pub client: reqwest::Client,
+    /// An admin token.
+    pub token: String,
     pub db: TestDb,
     pub store: Store,
+}
+
+/// Stores a new token for `role` (limited to `namespaces` when given) and answers its secret.
+pub async fn token(store: &Store, name: &str, role: &str, namespaces: Option<&[&str]>) -> String {
+    let secret = cls_api::auth::generate_token();
+    let namespaces: Option<Vec<String>> = namespaces.map(|list| list.iter().map(|n| n.to_string()).collect());
+    store
+        .put_token(name, &cls_api::auth::hash_token(&secret), role, namespaces.as_deref())
+        .await
+        .expect("the token is stored");
+    secret
+}
+
+/// A client that sends `token` with every request.
+pub fn client_with(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().expect("a header value"));
+    reqwest::Client::builder().default_headers(headers).build().expect("a client")
 }
 
 impl TestApi {
@@ -23,13 +44,23 @@ impl TestApi {
     pub async fn start_with(schedule: ScheduleConfig) -> TestApi {
         let db = TestDb::new(&MIGRATOR).await;
         let store = Store::new(db.pool.clone(), schedule);
-        let state = AppState::new(store.clone());
+        TestApi::start_with_state(db, AppState::new(store)).await
+    }
+
+    /// Serves `state` (whose store is on `db`) with an admin token.
+    pub async fn start_with_state(db: TestDb, state: AppState) -> TestApi {
+        let store = state.store.clone();
         tokio::spawn(state.feed.clone().run(state.store.clone(), tokio_util::sync::CancellationToken::new()));
         let app = cls_api::router(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let base = format!("http://{}", listener.local_addr().expect("local address"));
-        tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
-        TestApi { base, client: reqwest::Client::new(), db, store }
+        tokio::spawn(async move {
+            axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+                .await
+                .expect("serve")
+        });
+        let token = token(&store, "test-admin", "admin", None).await;
+        TestApi { base, client: client_with(&token), token, db, store }
     }
 
     pub fn url(&self, path: &str) -> String {

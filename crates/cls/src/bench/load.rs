@@ -38,6 +38,9 @@ fn milliseconds(text: &str) -> Option<f64> {
 /// Runs `wrk` with a Lua `script` that defines `request`.
 async fn wrk(environment: &Environment, script: &str, connections: u32, duration: Duration) -> anyhow::Result<Load> {
     let path = std::env::temp_dir().join(format!("cls-bench-{}-{connections}.lua", std::process::id()));
+    // every request carries the admin token: `wrk.format` without headers uses `wrk.headers`, scripts with their
+    // own headers add `auth`
+    let script = format!("auth = \"Bearer {}\"\nwrk.headers[\"Authorization\"] = auth\n{script}", environment.token);
     std::fs::write(&path, script)?;
     let output = Command::new("wrk")
         .args([
@@ -163,7 +166,7 @@ pub async fn write(environment: &Environment, duration: Duration) -> anyhow::Res
         .error_for_status()?;
     // every report carries new data, so none is a no-op
     let script = format!(
-        "local uids = {}\nlocal i = math.random(1, #uids)\nlocal n = 0\nlocal headers = {{[\"Content-Type\"] = \"application/json\"}}\nrequest = function()\n  i = i % #uids + 1\n  n = n + 1\n  local body = '{{\"controller\":\"bench\",\"observedGeneration\":1,\"conditions\":[{{\"type\":\"Available\",\"status\":\"True\"}}],\"data\":{{\"n\":' .. n .. ',\"r\":' .. math.random(1, 1000000000) .. '}}}}'\n  return wrk.format(\"PUT\", \"/api/v1/clusters/\" .. uids[i] .. \"/status\", headers, body)\nend\n",
+        "local uids = {}\nlocal i = math.random(1, #uids)\nlocal n = 0\nlocal headers = {{[\"Content-Type\"] = \"application/json\", [\"Authorization\"] = auth}}\nrequest = function()\n  i = i % #uids + 1\n  n = n + 1\n  local body = '{{\"controller\":\"bench\",\"observedGeneration\":1,\"conditions\":[{{\"type\":\"Available\",\"status\":\"True\"}}],\"data\":{{\"n\":' .. n .. ',\"r\":' .. math.random(1, 1000000000) .. '}}}}'\n  return wrk.format(\"PUT\", \"/api/v1/clusters/\" .. uids[i] .. \"/status\", headers, body)\nend\n",
         lua_list(&uids)
     );
     let load = wrk(environment, &script, 8, duration).await?;

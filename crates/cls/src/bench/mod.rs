@@ -57,7 +57,10 @@ pub(crate) struct Environment {
     pub database_url: String,
     pub pool: sqlx::PgPool,
     pub bin_dir: PathBuf,
+    /// Sends the admin `token` with every request.
     pub client: reqwest::Client,
+    /// An admin token of the API.
+    pub token: String,
     shutdown: CancellationToken,
     embedded: Option<Embedded>,
 }
@@ -78,7 +81,11 @@ impl Environment {
         let pool = sqlx::postgres::PgPoolOptions::new().max_connections(64).connect(&database_url).await?;
         cls_api::store::migrate(&pool).await?;
         let store = cls_api::Store::new(pool.clone(), cls_api::ScheduleConfig::default());
-        let state = cls_api::AppState::new(store);
+        let token = cls_api::auth::generate_token();
+        store.put_token("bench-admin", &cls_api::auth::hash_token(&token), "admin", None).await?;
+        // the load generators are one identity: no rate limit
+        let limits = cls_api::http::guard::Limits { rate: None, ..Default::default() };
+        let state = cls_api::AppState::with_security(store, Default::default(), limits);
         let shutdown = CancellationToken::new();
         tokio::spawn(state.feed.clone().run(state.store.clone(), shutdown.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -91,8 +98,19 @@ impl Environment {
         while !state.feed.is_running() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let client = reqwest::Client::builder().pool_max_idle_per_host(2048).build()?;
-        Ok(Environment { base: format!("http://{address}"), database_url, pool, bin_dir, client, shutdown, embedded })
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
+        let client = reqwest::Client::builder().pool_max_idle_per_host(2048).default_headers(headers).build()?;
+        Ok(Environment {
+            base: format!("http://{address}"),
+            database_url,
+            pool,
+            bin_dir,
+            client,
+            token,
+            shutdown,
+            embedded,
+        })
     }
 
     async fn stop(self) {
