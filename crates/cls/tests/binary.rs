@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use cls_testkit::{PgServer, TestDb};
-use common::{BINARY, Cls};
+use common::{BINARY, Cls, client_with, create_token};
 use serde_json::{Value, json};
 
 fn cluster(name: &str) -> Value {
@@ -19,7 +19,7 @@ fn cluster(name: &str) -> Value {
 async fn cls_up_with_a_database_url_serves_the_api_and_exits_cleanly_on_sigterm() {
     let db = TestDb::new(&cls_api::store::MIGRATOR).await;
     let cls = Cls::start(&["up"], &[("DATABASE_URL", &db.url)]);
-    let client = reqwest::Client::new();
+    let client = cls.up_client();
     cls.wait_ready().await;
 
     let created = client.post(cls.url("/api/v1/clusters")).json(&cluster("dev")).send().await.unwrap();
@@ -35,9 +35,9 @@ async fn cls_up_with_a_database_url_serves_the_api_and_exits_cleanly_on_sigterm(
 async fn cls_up_without_a_database_url_runs_its_own_postgres_and_keeps_the_data_across_runs() {
     let home = tempdir();
     let home_text = home.display().to_string();
-    let client = reqwest::Client::new();
 
     let first = Cls::start(&["up"], &[("CLS_HOME", &home_text)]);
+    let client = first.up_client();
     first.wait_ready().await;
     let created = client.post(first.url("/api/v1/clusters")).json(&cluster("kept")).send().await.unwrap();
     assert_eq!(created.status(), 201);
@@ -51,9 +51,12 @@ async fn cls_up_without_a_database_url_runs_its_own_postgres_and_keeps_the_data_
     assert!(!postgres_running(&data_dir), "embedded PostgreSQL still running after cls up stopped");
 
     let second = Cls::start(&["up"], &[("CLS_HOME", &home_text)]);
+    let fresh = second.up_client();
     second.wait_ready().await;
-    let listed: Value = client.get(second.url("/api/v1/clusters")).send().await.unwrap().json().await.unwrap();
+    let listed: Value = fresh.get(second.url("/api/v1/clusters")).send().await.unwrap().json().await.unwrap();
     assert_eq!(listed["items"][0]["metadata"]["name"], "kept");
+    let stale = client.get(second.url("/api/v1/clusters")).send().await.unwrap();
+    assert_eq!(stale.status(), 401, "each cls up replaces its admin token");
     let (status, _) = second.terminate();
     assert!(status.success(), "exit status {status}");
 
@@ -102,6 +105,50 @@ async fn cls_migrate_is_idempotent() {
     .await
     .unwrap();
     assert_eq!(tables, 4);
+}
+
+#[tokio::test]
+async fn cls_token_creates_lists_and_revokes_tokens_in_the_database_and_through_the_api() {
+    let db = TestDb::new(&cls_api::store::MIGRATOR).await;
+    let home = tempdir();
+    let home_text = home.display().to_string();
+    let cls =
+        Cls::start(&["up", "--builtin-controllers=false"], &[("DATABASE_URL", &db.url), ("CLS_HOME", &home_text)]);
+    cls.wait_ready().await;
+    let _ = cls.up_token();
+
+    // with DATABASE_URL: straight into PostgreSQL
+    let viewer = create_token(&db.url, "viewer", &["team-a"]);
+    let listed = client_with(&viewer).get(cls.url("/api/v1/clusters")).send().await.unwrap();
+    assert_eq!(listed.status(), 200);
+    let refused = client_with(&viewer).post(cls.url("/api/v1/clusters")).json(&cluster("x")).send().await.unwrap();
+    assert_eq!(refused.status(), 403);
+
+    // without: through the API of the kubeconfig that cls up wrote, with its admin token
+    let token = |args: &[&str]| {
+        let output = Command::new(BINARY)
+            .arg("token")
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .env("CLS_HOME", &home_text)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "cls token {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let editor = token(&["create", "--role", "editor", "--name", "ci-editor"]).trim().to_owned();
+    let created = client_with(&editor).post(cls.url("/api/v1/clusters")).json(&cluster("by-ci")).send().await.unwrap();
+    assert_eq!(created.status(), 201);
+    let list = token(&["list"]);
+    assert!(list.contains("ci-editor") && list.contains("editor"), "{list}");
+    assert!(!list.contains(&editor), "secrets are never listed");
+    token(&["revoke", "ci-editor"]);
+    let revoked = client_with(&editor).get(cls.url("/api/v1/clusters")).send().await.unwrap();
+    assert_eq!(revoked.status(), 401, "a revoked token stops working at once on the API that revoked it");
+    let body: Value = revoked.json().await.unwrap();
+    assert_eq!(body["kind"], "Status");
+    assert_eq!(body["reason"], "Unauthorized");
+    let _ = std::fs::remove_dir_all(&home);
 }
 
 fn tempdir() -> PathBuf {

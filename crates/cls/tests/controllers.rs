@@ -48,15 +48,23 @@ impl Up {
         });
         let stdout = child.stdout.take().unwrap();
         let (sender, address) = mpsc::channel();
+        let (token_sender, token) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(base) = line.strip_prefix("cls api listening on ") {
                     let _ = sender.send(base.to_owned());
                 }
+                if let Some((_, secret)) = line.split_once("/ui#token=") {
+                    let _ = token_sender.send(secret.to_owned());
+                }
             }
         });
         let base = address.recv_timeout(Duration::from_secs(60)).expect("cls prints its address");
-        let up = Up { child, base, home, http: reqwest::Client::new(), _db: db };
+        let token = token.recv_timeout(Duration::from_secs(60)).expect("cls up prints its admin token");
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().expect("a header value"));
+        let http = reqwest::Client::builder().default_headers(headers).build().expect("a client");
+        let up = Up { child, base, home, http, _db: db };
         up.eventually("cls up ready", || async {
             up.http.get(up.url("/readyz")).send().await.is_ok_and(|response| response.status() == 200)
         })

@@ -72,6 +72,7 @@ async fn dashboard_shows_objects_created_through_the_api_and_updates_when_their_
     node.arg("dashboard.mjs")
         .current_dir(&project)
         .env("CLS_BASE", &cls.base)
+        .env("CLS_TOKEN", cls.up_token())
         .env("CLS_UI_ARTIFACTS", &artifacts)
         .env("CHROMIUM", chromium);
     let (passed, output) = tokio::task::spawn_blocking(move || run_bounded(&mut node, Duration::from_secs(150)))

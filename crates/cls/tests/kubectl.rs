@@ -70,8 +70,8 @@ impl Kube {
             }
         });
         let mut stdout = BufReader::new(cls.stdout.take().unwrap()).lines();
-        let (mut base, mut kubeconfig) = (None, None);
-        while kubeconfig.is_none() {
+        let (mut base, mut kubeconfig, mut token) = (None, None, None);
+        while kubeconfig.is_none() || token.is_none() {
             let line = tokio::time::timeout(DEADLINE, stdout.next_line()).await.expect("cls up prints its kubeconfig");
             let line = line.unwrap().expect("cls up prints its address and kubeconfig before stdout ends");
             if let Some(address) = line.strip_prefix("cls api listening on ") {
@@ -80,12 +80,18 @@ impl Kube {
             if let Some(path) = line.strip_prefix("kubectl is ready: export KUBECONFIG=") {
                 kubeconfig = Some(PathBuf::from(path));
             }
+            if let Some((_, secret)) = line.split_once("/ui#token=") {
+                token = Some(secret.to_owned());
+            }
         }
         tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
         let kubeconfig = kubeconfig.unwrap();
         assert_eq!(kubeconfig, cls_home.join("kubeconfig"), "cls up writes the kubeconfig into CLS_HOME");
-        let kube =
-            Kube { dir, kubeconfig, base: base.expect("address"), http: reqwest::Client::new(), _cls: cls, _db: db };
+        let mut headers = reqwest::header::HeaderMap::new();
+        let bearer = format!("Bearer {}", token.expect("the admin token"));
+        headers.insert(reqwest::header::AUTHORIZATION, bearer.parse().expect("a header value"));
+        let http = reqwest::Client::builder().default_headers(headers).build().expect("a client");
+        let kube = Kube { dir, kubeconfig, base: base.expect("address"), http, _cls: cls, _db: db };
         let deadline = tokio::time::Instant::now() + DEADLINE;
         while !kube.http.get(kube.url("/readyz")).send().await.is_ok_and(|response| response.status() == 200) {
             assert!(tokio::time::Instant::now() < deadline, "cls up did not become ready");
@@ -294,6 +300,20 @@ async fn kubectl_talks_to_cls_through_the_kubeconfig_cls_up_writes_and_sees_kube
         kube.ok(&["config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}"]).await,
         kube.base
     );
+}
+
+#[tokio::test]
+async fn kubectl_without_a_token_or_with_a_bad_one_is_refused_as_not_logged_in() {
+    let kube = Kube::start().await;
+    let without = kube.write(
+        "no-token.kubeconfig",
+        &std::fs::read_to_string(&kube.kubeconfig).unwrap().replace("    token: ", "    x-token: "),
+    );
+    let stderr = kube.fails(&["--kubeconfig", without, "get", "clusters"]).await;
+    assert!(stderr.contains("You must be logged in to the server"), "{stderr}");
+    let stderr = kube.fails(&["--token", "cls_not-a-real-token", "get", "clusters"]).await;
+    assert!(stderr.contains("You must be logged in to the server"), "{stderr}");
+    kube.ok(&["get", "clusters"]).await;
 }
 
 #[tokio::test]

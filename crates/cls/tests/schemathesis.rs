@@ -105,7 +105,7 @@ struct Run {
 }
 
 /// Runs `st run` against the API with `args` added, killing it after [`RUN_LIMIT`].
-fn run_schemathesis(st: &Path, api: &Cls, directory: &Path, name: &str, args: &[&str]) -> Run {
+fn run_schemathesis(st: &Path, api: &Cls, token: &str, directory: &Path, name: &str, args: &[&str]) -> Run {
     let report = directory.join(format!("{name}.ndjson"));
     let mut command = Command::new(st);
     command
@@ -123,6 +123,7 @@ fn run_schemathesis(st: &Path, api: &Cls, directory: &Path, name: &str, args: &[
             "--suppress-health-check",
             "all",
         ])
+        .args(["--header", &format!("Authorization: Bearer {token}")])
         .args(["--report", "ndjson", "--report-ndjson-path"])
         .arg(&report)
         .args(args);
@@ -203,8 +204,9 @@ async fn schemathesis_finds_no_server_error_in_at_least_5000_generated_cases() {
     let st = tokio::task::spawn_blocking(schemathesis).await.expect("schemathesis found or installed");
     let db = TestDb::new(&cls_api::store::MIGRATOR).await;
     let api = Cls::start(&["api"], &[("DATABASE_URL", &db.url), ("RUST_LOG", "warn")]);
-    let client = reqwest::Client::new();
     api.wait_ready().await;
+    let token = common::create_token(&db.url, "admin", &[]);
+    let client = common::client_with(&token);
     let ids = seed(&client, &api).await;
 
     let directory = std::env::temp_dir().join(format!("cls-schemathesis-{}", uuid::Uuid::new_v4().simple()));
@@ -218,8 +220,8 @@ async fn schemathesis_finds_no_server_error_in_at_least_5000_generated_cases() {
     // everything but DELETE first, then DELETE (which ends the seeded objects) on its own
     let (directory, runs) = tokio::task::spawn_blocking(move || {
         let api = api;
-        let first = run_schemathesis(&st, &api, &directory, "all-but-delete", &["--exclude-method", "DELETE"]);
-        let second = run_schemathesis(&st, &api, &directory, "delete", &["--include-method", "DELETE"]);
+        let first = run_schemathesis(&st, &api, &token, &directory, "all-but-delete", &["--exclude-method", "DELETE"]);
+        let second = run_schemathesis(&st, &api, &token, &directory, "delete", &["--include-method", "DELETE"]);
         (directory, [first, second])
     })
     .await

@@ -119,6 +119,8 @@ impl Env {
         let stop = CancellationToken::new();
         let db = TestDb::new(&MIGRATOR).await;
         let store = Store::new(db.pool.clone(), ScheduleConfig::default());
+        let token = cls_api::auth::generate_token();
+        store.put_token("test-admin", &cls_api::auth::hash_token(&token), "admin", None).await.expect("token stored");
         let state = AppState::new(store.clone());
         tokio::spawn(state.feed.clone().run(store, stop.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
@@ -141,7 +143,10 @@ impl Env {
         };
         let relay = Relay::new(db.pool.clone(), Arc::new(bus), relay, cls_reconciler::Metrics::new());
         tokio::spawn(relay.run(stop.clone()));
-        Env { api: ApiClient::new(base), http: reqwest::Client::new(), events, stop, _db: db }
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().expect("a header value"));
+        let http = reqwest::Client::builder().default_headers(headers).build().expect("a client");
+        Env { api: ApiClient::new(base).with_token(&token), http, events, stop, _db: db }
     }
 
     /// Runs `reconciler` as controller `config.name` on the emulator; returns once it is registered and its

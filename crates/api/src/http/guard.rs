@@ -125,6 +125,14 @@ impl AuditNote {
     pub fn name(&self, name: &str) {
         self.with(|record| name.clone_into(&mut record.name));
     }
+
+    /// The namespace and name of an object about to be created.
+    pub fn creating(&self, namespace: Option<&str>, name: &str) {
+        self.with(|record| {
+            namespace.unwrap_or_default().clone_into(&mut record.namespace);
+            name.clone_into(&mut record.name);
+        });
+    }
 }
 
 fn is_public(path: &str) -> bool {

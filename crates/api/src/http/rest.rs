@@ -83,7 +83,7 @@ async fn create(
 ) -> ApiResult<Response> {
     let kind = kind_of(&plural)?;
     let manifest = parse_manifest(kind, body.document()?, Expect::default())?;
-    note.name(&manifest.name);
+    note.creating(manifest.namespace.as_deref(), &manifest.name);
     let namespace = manifest.namespace.as_deref().unwrap_or_default();
     identity.may_create(kind, namespace).map_err(|denial| denied(denial, kind, &manifest.name))?;
     let created = state.store.create(&manifest).await?;

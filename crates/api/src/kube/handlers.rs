@@ -233,7 +233,7 @@ async fn create(
     let warnings = check_fields(target.kind, &document, &params)?;
     let expect = Expect { namespace: target.namespace.as_deref(), name: None };
     let manifest = parse_manifest(target.kind, document, expect)?;
-    note.name(&manifest.name);
+    note.creating(manifest.namespace.as_deref(), &manifest.name);
     identity
         .may_create(target.kind, manifest.namespace.as_deref().unwrap_or_default())
         .map_err(|denial| denied(denial, target.kind, &manifest.name))?;

@@ -16,6 +16,8 @@ pub struct Cls {
     pub base: String,
     /// Its log lines (stderr), JSON unless `envs` says otherwise.
     pub logs: mpsc::Receiver<String>,
+    /// The admin token `cls up` prints (in its dashboard link).
+    up_token: mpsc::Receiver<String>,
 }
 
 impl Cls {
@@ -38,15 +40,29 @@ impl Cls {
             }
         });
         let (address_sender, address) = mpsc::channel();
+        let (token_sender, up_token) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(base) = line.strip_prefix("cls api listening on ") {
                     let _ = address_sender.send(base.to_owned());
                 }
+                if let Some((_, token)) = line.split_once("/ui#token=") {
+                    let _ = token_sender.send(token.to_owned());
+                }
             }
         });
         let base = address.recv_timeout(Duration::from_secs(60)).expect("cls prints its address");
-        Cls { child, base, logs }
+        Cls { child, base, logs, up_token }
+    }
+
+    /// The admin token of `cls up` (from the dashboard link it prints).
+    pub fn up_token(&self) -> String {
+        self.up_token.recv_timeout(Duration::from_secs(60)).expect("cls up prints its dashboard link with a token")
+    }
+
+    /// A client with the admin token of `cls up`.
+    pub fn up_client(&self) -> reqwest::Client {
+        client_with(&self.up_token())
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -129,4 +145,30 @@ pub fn run_with_limit(command: &mut Command, limit: Duration) -> (Option<ExitSta
         std::thread::sleep(Duration::from_millis(100));
     };
     (status, format!("{}{}", out.join().unwrap_or_default(), err.join().unwrap_or_default()))
+}
+
+/// `cls token create --role ROLE [--namespace NS]...` against `database_url`: the new token.
+pub fn create_token(database_url: &str, role: &str, namespaces: &[&str]) -> String {
+    let mut command = Command::new(BINARY);
+    command.args(["token", "create", "--role", role]).env("DATABASE_URL", database_url).env("RUST_LOG", "warn");
+    for namespace in namespaces {
+        command.args(["--namespace", namespace]);
+    }
+    let output = command.output().expect("cls token create runs");
+    assert!(output.status.success(), "cls token create failed: {}", String::from_utf8_lossy(&output.stderr));
+    let token = String::from_utf8(output.stdout).expect("utf-8").trim().to_owned();
+    assert!(token.starts_with("cls_") && !token.contains('\n'), "prints the token alone: {token:?}");
+    token
+}
+
+/// A client that sends `token` with every request.
+pub fn client_with(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().expect("a header value"));
+    reqwest::Client::builder().default_headers(headers).build().expect("a client")
+}
+
+/// A client with a new admin token of `database_url`.
+pub fn admin_client(database_url: &str) -> reqwest::Client {
+    client_with(&create_token(database_url, "admin", &[]))
 }

@@ -1,8 +1,8 @@
 // The /ui dashboard in headless Chromium against a running `cls up` (CLS_BASE, e.g. http://127.0.0.1:PORT).
 // Run by crates/cls/tests/dashboard.rs; by hand: CLS_BASE=http://127.0.0.1:8080 node dashboard.mjs
 //
-// 1. Without a token the page asks for one; "Continue without" closes the form.
-// 2. With #token=... it drops the token from the address bar and sends it as `Authorization: Bearer`.
+// 1. Without a token the page asks for one; "Continue without" closes the form, and the API refuses it (token needed).
+// 2. With #token=CLS_TOKEN it drops the token from the address bar and sends it as `Authorization: Bearer`.
 // 3. A Cluster and a Service created through the API appear without a reload (watch), Pending.
 // 4. A controller registers and reports Available=True: the card turns Ready and the report shows.
 // Screenshots go to CLS_UI_ARTIFACTS (default ./artifacts). Exits non-zero on the first failed expectation.
@@ -12,8 +12,9 @@ import { join } from "node:path";
 import { chromium } from "playwright-core";
 
 const base = process.env.CLS_BASE;
-if (!base) {
-  console.error("set CLS_BASE to the API's base URL");
+const token = process.env.CLS_TOKEN;
+if (!base || !token) {
+  console.error("set CLS_BASE to the API's base URL and CLS_TOKEN to an admin token");
   process.exit(2);
 }
 const artifacts = process.env.CLS_UI_ARTIFACTS || "artifacts";
@@ -34,7 +35,7 @@ function expect(condition, message) {
 async function api(method, path, body) {
   const response = await fetch(base + path, {
     method,
-    headers: { "content-type": "application/json" },
+    headers: { "content-type": "application/json", authorization: "Bearer " + token },
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const text = await response.text();
@@ -61,8 +62,8 @@ try {
   await page.click("#token-skip");
   await page.waitForSelector("#token-panel", { state: "hidden", timeout: WAIT });
   expect(true, "'Continue without' closes the token form");
-  await page.waitForSelector('#live[data-state="live"]', { timeout: WAIT });
-  expect(true, "the page lists and watches without a token");
+  await page.waitForSelector('#live[data-state="unauthorized"]', { timeout: WAIT });
+  expect(true, "without a token the API refuses the page, which says a token is needed");
 
   // 2. a token in the fragment is used and removed from the address bar
   const authorizations = [];
@@ -70,10 +71,10 @@ try {
     if (request.url().includes("/apis/cls.dev/")) authorizations.push(request.headers()["authorization"] || "");
   });
   await page.goto("about:blank");
-  await page.goto(base + "/ui#token=dashboard-test-token");
+  await page.goto(base + "/ui#token=" + token);
   await page.waitForSelector('#live[data-state="live"]', { timeout: WAIT });
   expect(!page.url().includes("token"), "the token is removed from the address bar");
-  expect(authorizations.length >= 3 && authorizations.every((value) => value === "Bearer dashboard-test-token"),
+  expect(authorizations.length >= 3 && authorizations.every((value) => value === "Bearer " + token),
     `every API request carries the bearer token (${authorizations.length} requests)`);
   expect(!(await page.isVisible("#token-panel.open")), "with a token the page does not ask for one");
 
