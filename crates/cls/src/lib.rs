@@ -6,6 +6,7 @@ mod kubeconfig;
 mod postgres;
 mod reconciler;
 mod server;
+mod tls;
 mod tokens;
 
 use std::net::SocketAddr;
@@ -138,7 +139,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Api(args) => {
             let schedule = schedule_config(&args.schedule);
             let database_url = &args.database.database_url;
-            server::serve(database_url, args.listen, schedule, &args.security, Vec::new(), shutdown, |_| {}).await
+            let tls = args.security.tls()?;
+            server::serve(database_url, args.listen, schedule, &args.security, Vec::new(), tls, shutdown, |_| {}).await
         }
         Command::Reconciler(args) => reconciler::run(args, shutdown).await,
         Command::Controller(args) => controller::run(args, shutdown).await,
@@ -153,6 +155,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let controllers_home = home.clone();
             let in_process = cls_reconciler::InProcessBus::new();
             let tokens = tokens::UpTokens::generate();
+            // kubectl sends its token only over TLS: serve HTTPS (and plain HTTP) with a certificate of our own,
+            // unless one is given
+            let (tls, authority) = match args.security.tls()? {
+                Some(tls) => (tls, None),
+                None => {
+                    let certificates = tls::LocalCertificates::generate(args.listen)?;
+                    certificates.write_authority(&home)?;
+                    let config = cls_api::http::tls::server_config(
+                        certificates.cert_pem.as_bytes(),
+                        certificates.key_pem.as_bytes(),
+                    )?;
+                    (config, Some(certificates.ca_pem))
+                }
+            };
             let (api_address_sender, mut api_address) = tokio::sync::watch::channel(None);
             let (database_url, embedded) = match args.database_url {
                 Some(url) => (url, None),
@@ -164,7 +180,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let serve = async {
                 let write_kubeconfig = |address| {
                     let _ = api_address_sender.send(Some(address));
-                    match kubeconfig::write(&kubeconfig_home, address, &tokens.admin) {
+                    match kubeconfig::write(&kubeconfig_home, address, &tokens.admin, authority.as_deref()) {
                         Ok(path) => {
                             println!("kubectl is ready: export KUBECONFIG={}", path.display());
                             println!("then: kubectl apply -f examples/ && kubectl get clusters,services");
@@ -179,6 +195,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     schedule,
                     &args.security,
                     tokens.entries(),
+                    Some(tls),
                     shutdown.clone(),
                     write_kubeconfig,
                 )

@@ -76,15 +76,17 @@ pub async fn serve(
     schedule: cls_api::ScheduleConfig,
     security: &SecurityArgs,
     tokens: Vec<(String, String, String)>,
+    tls: Option<Arc<cls_api::http::tls::ServerConfig>>,
     shutdown: CancellationToken,
     on_listening: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
     let auth = security.auth_config()?;
-    if !listen.ip().is_loopback() && auth.gateway.is_none() {
+    if !listen.ip().is_loopback() && tls.is_none() && auth.gateway.is_none() {
         tracing::warn!(
             %listen,
-            "serving plain HTTP on a non-loopback address: bearer tokens cross the network in clear text; put a \
-             TLS-terminating gateway in front (and --trusted-gateway for its identity headers) or listen on 127.0.0.1"
+            "serving plain HTTP on a non-loopback address: bearer tokens cross the network in clear text; set \
+             --tls-cert-file/--tls-key-file, put a TLS-terminating gateway in front (--trusted-gateway), or listen on \
+             127.0.0.1"
         );
     }
     let pool = pool(database_url)?;
@@ -101,7 +103,8 @@ pub async fn serve(
     // the one line scripts and tests wait for
     println!("cls api listening on http://{address}");
     on_listening(address);
-    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+    let listener = cls_api::http::tls::DualListener::new(listener, tls)?;
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<cls_api::http::tls::Peer>())
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .into_future();
     let migrations = async {

@@ -51,6 +51,12 @@ pub struct SecurityArgs {
     /// Requests an identity may send at once above its rate.
     #[arg(long, env = "CLS_RATE_BURST", default_value_t = 10_000)]
     pub rate_burst: u32,
+    /// PEM certificate chain to serve HTTPS with (beside plain HTTP on the same port); `cls up` makes its own.
+    #[arg(long, env = "CLS_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of `--tls-cert-file`.
+    #[arg(long, env = "CLS_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<std::path::PathBuf>,
     /// Longest a request (not a watch) may take before it answers 504.
     #[arg(long, env = "CLS_REQUEST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
@@ -87,6 +93,14 @@ impl SecurityArgs {
             tracing::warn!("OIDC or gateway users get no role without --group-role: they will be refused");
         }
         Ok(AuthConfig { oidc, gateway, group_roles: self.group_roles.clone() })
+    }
+
+    /// The TLS configuration of `--tls-cert-file` and `--tls-key-file`, when given.
+    pub fn tls(&self) -> anyhow::Result<Option<std::sync::Arc<cls_api::http::tls::ServerConfig>>> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => Ok(Some(cls_api::http::tls::server_config_from_files(cert, key)?)),
+            _ => Ok(None),
+        }
     }
 
     pub fn limits(&self) -> Limits {

@@ -216,7 +216,10 @@ pub async fn guard(State(state): State<AppState>, mut request: Request, next: Ne
         });
         note
     });
-    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
+    let extensions = request.extensions();
+    let peer = (extensions.get::<ConnectInfo<super::tls::Peer>>().map(|info| info.0.0))
+        .or_else(|| extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0))
+        .map(|address| address.ip());
     let (user, response) = match state.auth.authenticate(request.headers(), peer).await {
         Err(error) => (ANONYMOUS.to_owned(), unauthorized(&error)),
         Ok(identity) => {

@@ -9,6 +9,7 @@ mod openapi;
 pub(crate) mod query;
 pub(crate) mod rest;
 pub(crate) mod security;
+pub mod tls;
 pub(crate) mod ui;
 
 use std::sync::Arc;
