@@ -321,6 +321,14 @@ async fn a_controller_token_writes_only_its_own_registration_report_and_finalize
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     let (status, body) = alpha.merge(&item, &json!({"metadata": {"finalizers": []}})).await;
     assert_eq!(status, StatusCode::OK, "its own finalizer goes too: {body}");
+
+    // a stale write answers 409 (re-read and retry), not 403, although the spec moved meanwhile
+    let (_, mut stale) = alpha.get(&format!("/api/v1/clusters/{cluster_uid}")).await;
+    let moved = json!({"spec": {"release": {"version": "3"}}});
+    assert_eq!(teams.api.merge(&format!("/api/v1/clusters/{cluster_uid}"), &moved).await.0, StatusCode::OK);
+    stale["metadata"]["finalizers"] = json!(["cls.dev/alpha"]);
+    let (status, body) = alpha.put(&format!("/api/v1/clusters/{cluster_uid}"), &stale).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
     let _ = object;
 }
 
@@ -531,4 +539,24 @@ async fn tokens_are_created_listed_and_revoked_by_admins_through_the_api() {
     assert_eq!(api.delete("/api/v1/tokens/ci").await.0, StatusCode::OK);
     assert_eq!(ci.get(api.url("/api/v1/clusters")).send().await.expect("sent").status(), StatusCode::UNAUTHORIZED);
     assert_eq!(api.delete("/api/v1/tokens/nobody").await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_request_over_the_timeout_answers_504_and_watches_are_exempt() {
+    let limits = Limits { timeout: Duration::from_nanos(1), ..Limits::default() };
+    let api = api_with(AuthConfig::default(), limits).await;
+    let (status, body) = api.get("/api/v1/clusters").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(body["reason"], "Timeout");
+    let url = api.url(&format!("{KUBE}/clusters?watch=true&timeoutSeconds=1"));
+    let mut watch = api.client.get(&url).send().await.expect("sent");
+    for _ in 0..100 {
+        // 503 until the change feed runs, as a client would retry
+        if watch.status() != StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        watch = api.client.get(&url).send().await.expect("sent");
+    }
+    assert_eq!(watch.status(), StatusCode::OK);
 }

@@ -37,6 +37,12 @@ pub fn shutdown_signal() -> CancellationToken {
     token
 }
 
+/// Whether serving on `listen` sends bearer tokens across a network in clear text: a non-loopback address without
+/// TLS and without a TLS-terminating gateway in front.
+fn exposes_plain_http(listen: SocketAddr, tls: bool, gateway: bool) -> bool {
+    !listen.ip().is_loopback() && !tls && !gateway
+}
+
 /// A pool that connects on first use; a server that is down answers 503 until it is back.
 pub fn pool(database_url: &str) -> anyhow::Result<sqlx::PgPool> {
     PgPoolOptions::new()
@@ -81,7 +87,7 @@ pub async fn serve(
     on_listening: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
     let auth = security.auth_config()?;
-    if !listen.ip().is_loopback() && tls.is_none() && auth.gateway.is_none() {
+    if exposes_plain_http(listen, tls.is_some(), auth.gateway.is_some()) {
         tracing::warn!(
             %listen,
             "serving plain HTTP on a non-loopback address: bearer tokens cross the network in clear text; set \
@@ -124,4 +130,20 @@ pub async fn serve(
     tracing::info!("api stopped");
     served?;
     migrated
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_non_loopback_address_without_tls_or_gateway_exposes_plain_http() {
+        let public: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        let loopback: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        assert!(exposes_plain_http(public, false, false));
+        assert!(!exposes_plain_http(public, true, false));
+        assert!(!exposes_plain_http(public, false, true));
+        assert!(!exposes_plain_http(loopback, false, false));
+        assert!(!exposes_plain_http("[::1]:8080".parse().unwrap(), false, false));
+    }
 }

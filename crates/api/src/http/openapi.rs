@@ -81,7 +81,14 @@ fn document() -> Value {
                 "metadata": {"type": "object", "properties": {
                     "resourceVersion": {"type": "string"}, "continue": {"type": "string"}}},
                 "items": {"type": "array", "items": reference(&component_name(kind))}}}}}});
-        let bad = errors(&[("400", "malformed request"), ("422", "invalid object"), ("503", "database unavailable")]);
+        let bad = errors(&[
+            ("400", "malformed request"),
+            ("401", "no valid credentials"),
+            ("403", "not allowed for this identity"),
+            ("422", "invalid object"),
+            ("429", "over the identity's rate limit"),
+            ("503", "database unavailable"),
+        ]);
         paths.insert(
             format!("/api/v1/{plural}"),
             json!({
@@ -132,10 +139,11 @@ fn document() -> Value {
         }
         schemas.insert(component_name(kind), kind_schema(kind));
     }
+    admin_paths(&mut paths);
     for (path, summary) in [("/healthz", "the process lives"), ("/readyz", "the database answers")] {
         paths.insert(
             path.to_owned(),
-            json!({"get": {"summary": summary, "responses": {
+            json!({"get": {"summary": summary, "security": [], "responses": {
             "200": {"description": "ok", "content": {"text/plain": {"schema": {"type": "string"}}}},
             "503": status_response("not ready")}}}),
         );
@@ -158,8 +166,46 @@ fn document() -> Value {
         "openapi": "3.0.3",
         "info": {"title": "CLS thin REST API", "version": env!("CARGO_PKG_VERSION")},
         "paths": paths,
-        "components": {"schemas": schemas},
+        "security": [{"bearer": []}],
+        "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     })
+}
+
+/// Tokens and the audit log (admins only).
+fn admin_paths(paths: &mut Map<String, Value>) {
+    let denied = errors(&[
+        ("400", "malformed request"),
+        ("401", "no valid credentials"),
+        ("403", "admins only"),
+        ("503", "database unavailable"),
+    ]);
+    let listed = |what: &str| json!({"description": what, "content": {"application/json": {"schema": {"type": "object"}}}});
+    let token_request = json!({"required": true, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["name", "role"], "additionalProperties": false, "properties": {
+            "name": {"type": "string"},
+            "role": {"type": "string", "description": "admin, editor, viewer or controller:NAME"},
+            "namespaces": {"type": "array", "items": {"type": "string"}}}}}}});
+    paths.insert(
+        "/api/v1/tokens".into(),
+        json!({
+            "get": operation("list tokens (never their secrets)".into(), vec![], None, with(denied.clone(), "200", listed("a TokenList"))),
+            "post": operation("create a token; the answer holds its secret, this once".into(), vec![], Some(token_request),
+                with(with(with(denied.clone(), "201", listed("the token and its secret")), "409", status_response("name taken")),
+                     "422", status_response("invalid name, role or namespace"))),
+        }),
+    );
+    paths.insert(
+        "/api/v1/tokens/{id}".into(),
+        json!({"delete": operation("revoke a token".into(), vec![path_parameter("id", "name or id")], None,
+            with(with(denied.clone(), "200", listed("the revoked token")), "404", status_response("no such token")))}),
+    );
+    paths.insert(
+        "/api/v1/audit".into(),
+        json!({"get": operation("audit records, oldest first".into(), vec![
+                query("limit", "page size (default 500, at most 1000)", json!({"type": "integer", "minimum": 0})),
+                query("continue", "the continue token of the previous page", json!({"type": "string"}))],
+            None, with(denied, "200", listed("an AuditList")))}),
+    );
 }
 
 /// Rewrites JSON Schema 2020 forms OpenAPI 3.0 does not know: `"type": [T, "null"]` becomes `"type": T,

@@ -161,6 +161,13 @@ async fn patch(
 
 /// Whether `identity` may turn `current` into `desired` (404 when it does not see it, 403 when it may not).
 pub fn may_update(identity: &Identity, current: &StoredObject, desired: &Manifest) -> ApiResult<()> {
+    if desired.resource_version.is_some_and(|version| version != current.resource_version) {
+        // stale: the store answers 409 (and stores nothing), so that a controller re-reads rather than giving up
+        return identity
+            .sees(current.kind, &current.namespace)
+            .then_some(())
+            .ok_or_else(|| ApiError::object_not_found(current.kind, &current.name));
+    }
     let changed = desired.spec.to_value() != current.spec
         || desired.labels != current.labels
         || desired.annotations != current.annotations
