@@ -40,13 +40,27 @@ impl Cls {
         let (address_sender, address) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(base) = line.strip_prefix("cls api listening on ") {
+                // `cls api|reconciler|controller listening on http://...`
+                if line.starts_with("cls ")
+                    && let Some((_, base)) = line.split_once(" listening on ")
+                {
                     let _ = address_sender.send(base.to_owned());
                 }
             }
         });
         let base = address.recv_timeout(Duration::from_secs(60)).expect("cls prints its address");
         Cls { child, base, logs }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, `KILL`, ...) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().to_string();
+        let sent = Command::new("kill").args([&format!("-{signal}"), &pid]).status().expect("kill runs");
+        assert!(sent.success(), "kill -{signal} {pid}");
     }
 
     pub fn url(&self, path: &str) -> String {
