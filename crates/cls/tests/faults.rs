@@ -40,7 +40,8 @@ fn http() -> reqwest::Client {
 /// Starts `cls ARGS` off the async threads (it blocks until the process prints its address).
 async fn start(args: &[&str], envs: &[(&str, &str)]) -> Cls {
     let args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
-    let envs: Vec<(String, String)> = envs.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect();
+    let envs: Vec<(String, String)> =
+        envs.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect();
     tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let envs: Vec<(&str, &str)> = envs.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect();
@@ -103,7 +104,7 @@ enum Outcome {
     Acknowledged { resource_version: i64 },
     Refused(StatusCode, Value),
     ServerError(StatusCode, Value),
-    NoAnswer(String),
+    NoAnswer(#[allow(dead_code, reason = "shown by {:?} when an assertion fails")] String),
 }
 
 #[derive(Clone, Debug)]
@@ -312,7 +313,8 @@ async fn verify(ledgers: &[Vec<Write>], database_url: &str, base: &str) {
     for ledger in ledgers {
         let mut per_object: BTreeMap<&str, Vec<&Write>> = BTreeMap::new();
         for write in ledger {
-            if let (Some(uid), WriteKind::Create | WriteKind::Update | WriteKind::StaleUpdate) = (&write.uid, write.kind)
+            if let (Some(uid), WriteKind::Create | WriteKind::Update | WriteKind::StaleUpdate) =
+                (&write.uid, write.kind)
             {
                 per_object.entry(uid).or_default().push(write);
             }
@@ -320,7 +322,8 @@ async fn verify(ledgers: &[Vec<Write>], database_url: &str, base: &str) {
         for (uid, writes) in per_object {
             let Some(last) = writes.iter().rposition(|write| write.acknowledged().is_some()) else { continue };
             let mut allowed: HashSet<&str> = HashSet::from([writes[last].token.as_str()]);
-            allowed.extend(writes[last + 1..].iter().filter(|write| write.ambiguous()).map(|write| write.token.as_str()));
+            allowed
+                .extend(writes[last + 1..].iter().filter(|write| write.ambiguous()).map(|write| write.token.as_str()));
             let floor = writes.iter().filter_map(|write| write.acknowledged()).max().expect("one acknowledged");
             let response = client.get(format!("{base}/api/v1/clusters/{uid}")).send().await.expect("get sent");
             assert_eq!(response.status(), StatusCode::OK, "cluster {uid} is gone");
@@ -625,7 +628,8 @@ async fn events_committed_while_the_emulator_is_down_are_delivered_and_a_control
         tokio::task::spawn_blocking(move || stopping.stop()).await.expect("emulator stopped");
         let mut during = Vec::new();
         for index in 0..5 {
-            let service = create(&client, &api.base, "services", &service_manifest(&format!("during-{index}"), "lab")).await;
+            let service =
+                create(&client, &api.base, "services", &service_manifest(&format!("during-{index}"), "lab")).await;
             during.push(service["metadata"]["uid"].as_str().expect("uid").to_owned());
         }
         tokio::time::sleep(EMULATOR_ATTENTION).await;
