@@ -44,10 +44,14 @@ fn exposes_plain_http(listen: SocketAddr, tls: bool, gateway: bool) -> bool {
 }
 
 /// A pool that connects on first use; a server that is down answers 503 until it is back.
+///
+/// While the server refuses connections, sqlx retries connecting until the acquire timeout, so that timeout is how
+/// long a request waits before its 503: one second, not the five it was (requests sent during a short outage hung
+/// until it ended instead of being answered). It also bounds the wait for a free connection under overload.
 pub fn pool(database_url: &str) -> anyhow::Result<sqlx::PgPool> {
     PgPoolOptions::new()
         .max_connections(32)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(1))
         .connect_lazy(database_url)
         .context("invalid DATABASE_URL")
 }

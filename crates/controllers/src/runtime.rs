@@ -30,6 +30,10 @@ use crate::sdk::{Action, ControllerConfig, Outcome, Precondition, Reconcile, Rec
 
 /// How long shutdown waits for running reconciles.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// While no message arrived for this long, the runtime checks that its subscription still exists. One that vanished
+/// (an emulator restarted, a subscription expired) is created again at once: the subscriber's own stream resume backs
+/// off up to a minute and would then only report `NOT_FOUND`.
+const SUBSCRIPTION_CHECK: Duration = Duration::from_secs(2);
 /// Re-reads after a 409 before the reconcile counts as failed.
 const CONFLICT_RETRIES: usize = 5;
 
@@ -193,12 +197,36 @@ impl<R: Reconcile> Runtime<R> {
                 let Some(mut stream) = self.subscribe(&config, &subscription).await? else {
                     return Ok(());
                 };
+                let mut admin = None;
+                let mut check = tokio::time::interval(SUBSCRIPTION_CHECK);
+                check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut last_message = Instant::now();
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => break,
                         Some((kind, uid)) = triggers.recv() => self.dispatch(kind, uid, local(1)),
+                        _ = check.tick() => {
+                            if last_message.elapsed() < SUBSCRIPTION_CHECK {
+                                continue;
+                            }
+                            if admin.is_none() {
+                                admin = config.subscription_admin().await.ok();
+                            }
+                            let Some(client) = &admin else { continue };
+                            let missing = config.subscription_missing(client, &subscription);
+                            if tokio::time::timeout(SUBSCRIPTION_CHECK, missing).await.unwrap_or(false) {
+                                tracing::warn!(subscription, "subscription is gone; subscribing again");
+                                stream = match self.subscribe(&config, &subscription).await? {
+                                    Some(stream) => stream,
+                                    None => break,
+                                };
+                            }
+                        }
                         next = stream.next() => match next {
-                            Some(Ok((message, handler))) => self.receive(message, handler),
+                            Some(Ok((message, handler))) => {
+                                last_message = Instant::now();
+                                self.receive(message, handler)
+                            }
                             Some(Err(error)) => {
                                 tracing::warn!(error = %error, "subscription stream failed; retrying");
                                 tokio::time::sleep(Duration::from_millis(500)).await;

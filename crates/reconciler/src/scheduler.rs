@@ -7,7 +7,8 @@
 //! interval by the row's `attention` flag, with jitter), commit.
 //!
 //! Guarantees: any number of replicas; a due tick is fired exactly once, because claiming, emitting and moving the
-//! tick commit together. A replica that dies mid-batch rolls back, and another claims the same rows. The API moves an
+//! tick commit together. A replica that dies mid-batch rolls back, and another claims the same rows; so does one that
+//! stalls mid-batch (SIGSTOP), once PostgreSQL ends its idle transaction (a tenth of the attention interval). The API moves an
 //! object between the two speeds on every report and spec change (the `attention` flag and `next_at`); the scheduler
 //! only keeps the cadence.
 
@@ -182,9 +183,22 @@ impl Scheduler {
         tracing::info!("scheduler stopped");
     }
 
+    /// How long a claim may sit idle inside its transaction: a tenth of the attention interval, between 100 ms and
+    /// 5 s, so that a stalled replica delays a tick by a fraction of an interval.
+    fn claim_idle_timeout(&self) -> Duration {
+        (self.config.attention_interval / 10).clamp(Duration::from_millis(100), Duration::from_secs(5))
+    }
+
     /// Claims one batch of due rows, emits their reconcile events and reschedules them. Answers how many.
     pub async fn tick(&self) -> Result<usize, sqlx::Error> {
         let mut transaction = self.pool.begin().await?;
+        // A replica that stalls holding its claim (a SIGSTOP, a frozen VM) must not hold those ticks back for as long
+        // as it stalls: PostgreSQL ends its session after this idle time, the claim rolls back and another replica
+        // takes the rows. Between its statements a healthy tick is idle for microseconds.
+        sqlx::query("select set_config('idle_in_transaction_session_timeout', $1, true)")
+            .bind(self.claim_idle_timeout().as_millis().to_string())
+            .execute(&mut *transaction)
+            .await?;
         let due: Vec<DueRow> =
             sqlx::query_as(CLAIM_DUE).bind(self.config.batch_size).fetch_all(&mut *transaction).await?;
         if due.is_empty() {

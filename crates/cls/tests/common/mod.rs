@@ -43,7 +43,10 @@ impl Cls {
         let (token_sender, up_token) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(base) = line.strip_prefix("cls api listening on ") {
+                // `cls api|reconciler|controller listening on http://...`
+                if line.starts_with("cls ")
+                    && let Some((_, base)) = line.split_once(" listening on ")
+                {
                     let _ = address_sender.send(base.to_owned());
                 }
                 if let Some((_, token)) = line.split_once("/ui#token=") {
@@ -63,6 +66,17 @@ impl Cls {
     /// A client with the admin token of `cls up`.
     pub fn up_client(&self) -> reqwest::Client {
         client_with(&self.up_token())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, `KILL`, ...) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().to_string();
+        let sent = Command::new("kill").args([&format!("-{signal}"), &pid]).status().expect("kill runs");
+        assert!(sent.success(), "kill -{signal} {pid}");
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -125,6 +125,15 @@ impl PubSubConfig {
             Err(source) => Err(BusError::Admin { resource: path, source }),
         }
     }
+
+    /// Whether the subscription is known to be gone (`NOT_FOUND`); an unreachable service answers false.
+    pub async fn subscription_missing(&self, admin: &SubscriptionAdmin, name: &str) -> bool {
+        let path = self.subscription_path(name);
+        match admin.get_subscription().set_subscription(&path).send().await {
+            Ok(_) => false,
+            Err(error) => has_code(&error, Code::NotFound),
+        }
+    }
 }
 
 fn anonymous() -> google_cloud_auth::credentials::Credentials {
