@@ -233,20 +233,31 @@ async fn run_on_database(url: &str, action: TokenAction) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Server and token of the kubeconfig `cls up` wrote.
-fn kubeconfig_credentials(home: &Path) -> anyhow::Result<(String, String)> {
+/// Server, token and certificate authority (PEM) of the kubeconfig `cls up` wrote.
+fn kubeconfig_credentials(home: &Path) -> anyhow::Result<(String, String, Option<Vec<u8>>)> {
     let path = home.join("kubeconfig");
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {} (run `cls up` first, or set DATABASE_URL)", path.display()))?;
     let config: Value = serde_norway::from_str(&text).with_context(|| format!("{} is not YAML", path.display()))?;
     let server = config["clusters"][0]["cluster"]["server"].as_str().context("the kubeconfig names no server")?;
     let token = config["users"][0]["user"]["token"].as_str().context("the kubeconfig holds no token")?;
-    Ok((server.to_owned(), token.to_owned()))
+    let authority = match config["clusters"][0]["cluster"]["certificate-authority-data"].as_str() {
+        Some(data) => Some(
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, data)
+                .context("the kubeconfig's certificate-authority-data is not base64")?,
+        ),
+        None => None,
+    };
+    Ok((server.to_owned(), token.to_owned(), authority))
 }
 
 async fn run_on_api(home: &Path, action: TokenAction) -> anyhow::Result<()> {
-    let (server, token) = kubeconfig_credentials(home)?;
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let (server, token, authority) = kubeconfig_credentials(home)?;
+    let mut builder = https_client::Client::builder().timeout(Duration::from_secs(30));
+    if let Some(pem) = authority {
+        builder = builder.add_root_certificate(https_client::Certificate::from_pem(&pem)?);
+    }
+    let client = builder.build()?;
     let url = format!("{server}/api/v1/tokens");
     let request = match &action {
         TokenAction::Create { role, namespaces, name } => {

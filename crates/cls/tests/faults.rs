@@ -33,9 +33,24 @@ use uuid::Uuid;
 
 const PROJECT: &str = "faults-project";
 
-/// Every HTTP client of this suite is made here (the one place to add a bearer token).
-fn http() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("http client")
+/// Every HTTP client of this suite is made here: it sends an admin token of the database at `database_url` (made
+/// once per database with `cls token create`).
+fn http(database_url: &str) -> reqwest::Client {
+    static TOKENS: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+    let token = {
+        let mut tokens = TOKENS.lock().expect("tokens");
+        match tokens.iter().find(|(url, _)| url == database_url) {
+            Some((_, token)) => token.clone(),
+            None => {
+                let token = common::create_token(database_url, "admin", &[]);
+                tokens.push((database_url.to_owned(), token.clone()));
+                token
+            }
+        }
+    };
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().expect("a header value"));
+    reqwest::Client::builder().timeout(Duration::from_secs(15)).default_headers(headers).build().expect("http client")
 }
 
 /// Starts `cls ARGS` off the async threads (it blocks until the process prints its address).
@@ -138,11 +153,11 @@ struct Load {
 
 impl Load {
     /// `writers` concurrent writers against whatever base URL `base` holds at each request.
-    fn start(writers: usize, base: watch::Receiver<String>) -> Load {
+    fn start(writers: usize, base: watch::Receiver<String>, database_url: &str) -> Load {
         let stop = CancellationToken::new();
         let writers = (0..writers)
             .map(|index| {
-                let writer = Writer { index, client: http(), base: base.clone(), ledger: Vec::new() };
+                let writer = Writer { index, client: http(database_url), base: base.clone(), ledger: Vec::new() };
                 tokio::spawn(writer.run(stop.clone()))
             })
             .collect();
@@ -275,7 +290,7 @@ fn tally(ledgers: &[Vec<Write>]) -> (usize, usize, usize) {
 ///   write's or that of an ambiguous write made after it.
 async fn verify(ledgers: &[Vec<Write>], database_url: &str, base: &str) {
     let pool = sqlx::PgPool::connect(database_url).await.expect("verification connects");
-    let client = http();
+    let client = http(database_url);
     for write in ledgers.iter().flatten() {
         match &write.outcome {
             Outcome::Refused(status, body) => {
@@ -349,7 +364,7 @@ async fn acknowledged_writes_survive_a_kill_9_of_the_api_and_refused_writes_neve
         let mut api = start(&["api"], &envs).await;
         api.wait_ready().await;
         let (base_sender, base) = watch::channel(api.base.clone());
-        let load = Load::start(6, base);
+        let load = Load::start(6, base, &db.url);
         tokio::time::sleep(Duration::from_millis(1500)).await;
 
         // Act: SIGKILL in the middle of the load, then a new API on the same database.
@@ -389,9 +404,8 @@ struct Probe {
 }
 
 /// Sends `GET /api/v1/clusters?limit=1` every 100 ms without waiting for the previous answer, until `stop`.
-fn start_prober(base: String, stop: CancellationToken) -> tokio::task::JoinHandle<Vec<Probe>> {
+fn start_prober(base: String, client: reqwest::Client, stop: CancellationToken) -> tokio::task::JoinHandle<Vec<Probe>> {
     tokio::spawn(async move {
-        let client = http();
         let mut probes = tokio::task::JoinSet::new();
         while !stop.is_cancelled() {
             let request = client.get(format!("{base}/api/v1/clusters?limit=1"));
@@ -433,9 +447,9 @@ async fn the_api_answers_503_while_postgres_is_down_recovers_within_5_s_and_lose
         let api = start(&["api"], &[("DATABASE_URL", db.url.as_str()), ("RUST_LOG", "warn")]).await;
         api.wait_ready().await;
         let (_base_sender, base) = watch::channel(api.base.clone());
-        let load = Load::start(4, base);
+        let load = Load::start(4, base, &db.url);
         let probing = CancellationToken::new();
-        let prober = start_prober(api.base.clone(), probing.clone());
+        let prober = start_prober(api.base.clone(), http(&db.url), probing.clone());
         tokio::time::sleep(Duration::from_secs(1)).await;
 
         // Act: stop PostgreSQL like a crash, keep it down for 2 s under load, start it again.
@@ -614,10 +628,12 @@ async fn events_committed_while_the_emulator_is_down_are_delivered_and_a_control
         let reconciler = start(&["reconciler"], &envs).await;
         let mut controller_envs = envs.to_vec();
         controller_envs.push(("CLS_API_URL", api.base.as_str()));
+        let controller_token = common::create_token(&db.url, "controller:port-allocator", &[]);
+        controller_envs.push(("CLS_TOKEN", controller_token.as_str()));
         let controller = start(&["controller", "port-allocator"], &controller_envs).await;
         reconciler.wait_ready().await;
         controller.wait_ready().await;
-        let client = http();
+        let client = http(&db.url);
         create(&client, &api.base, "clusters", &cluster_manifest("lab", "europe-west1")).await;
         let before = create(&client, &api.base, "services", &service_manifest("before", "lab")).await;
         let before_uid = before["metadata"]["uid"].as_str().expect("uid").to_owned();
@@ -757,7 +773,7 @@ async fn four_reconcilers_with_one_killed_and_one_stopped_fire_every_tick_once()
         let api_envs: Vec<(&str, &str)> = api_envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let api = start(&["api"], &api_envs).await;
         api.wait_ready().await;
-        let client = http();
+        let client = http(&db.url);
         let mut creating = tokio::task::JoinSet::new();
         for writer in 0..5 {
             let (client, base) = (client.clone(), api.base.clone());

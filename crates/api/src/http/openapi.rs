@@ -179,7 +179,8 @@ fn admin_paths(paths: &mut Map<String, Value>) {
         ("403", "admins only"),
         ("503", "database unavailable"),
     ]);
-    let listed = |what: &str| json!({"description": what, "content": {"application/json": {"schema": {"type": "object"}}}});
+    let listed =
+        |what: &str| json!({"description": what, "content": {"application/json": {"schema": {"type": "object"}}}});
     let token_request = json!({"required": true, "content": {"application/json": {"schema": {
         "type": "object", "required": ["name", "role"], "additionalProperties": false, "properties": {
             "name": {"type": "string"},
