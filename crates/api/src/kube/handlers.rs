@@ -272,7 +272,7 @@ async fn patch(
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let updated = store
             .update(target.kind, &key, |current| {
-                parse_manifest(target.kind, apply(Some(&current.to_json()), &applied, &manager, &now), expect)
+                parse_manifest(target.kind, apply(Some(&current.to_json()), &applied, &manager, &now)?, expect)
             })
             .await;
         let warnings = warnings.into_inner().expect("warnings");
@@ -282,7 +282,7 @@ async fn patch(
                 Ok(object_response(StatusCode::OK, &object, &headers, &params, &warnings))
             }
             Err(StoreError::NotFound { .. }) => {
-                let manifest = parse_manifest(target.kind, apply(None, &applied, &manager, &now), expect)?;
+                let manifest = parse_manifest(target.kind, apply(None, &applied, &manager, &now)?, expect)?;
                 let created = store.create(&manifest).await?;
                 Ok(object_response(StatusCode::CREATED, &created, &headers, &params, &warnings))
             }
