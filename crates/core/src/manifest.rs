@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::kind::Kind;
 use crate::resources::{ClusterSpec, ControllerSpec, ServiceSpec};
@@ -115,6 +115,42 @@ pub struct Manifest {
     /// The client's `metadata.resourceVersion`, a precondition for updates.
     pub resource_version: Option<i64>,
     pub spec: Spec,
+}
+
+impl Manifest {
+    /// The manifest as a document that [`parse`] reads back to the same manifest: `{apiVersion, kind, metadata,
+    /// spec}` with the spec in its canonical form and empty metadata fields left out.
+    pub fn to_document(&self) -> Value {
+        let mut metadata = serde_json::Map::new();
+        metadata.insert("name".into(), self.name.clone().into());
+        if let Some(namespace) = &self.namespace {
+            metadata.insert("namespace".into(), namespace.clone().into());
+        }
+        if !self.labels.is_empty() {
+            metadata.insert("labels".into(), json!(self.labels));
+        }
+        if !self.annotations.is_empty() {
+            metadata.insert("annotations".into(), json!(self.annotations));
+        }
+        if !self.finalizers.is_empty() {
+            metadata.insert("finalizers".into(), json!(self.finalizers));
+        }
+        if !self.owner_references.is_empty() {
+            metadata.insert("ownerReferences".into(), json!(self.owner_references));
+        }
+        if let Some(managed_fields) = &self.managed_fields {
+            metadata.insert("managedFields".into(), json!(managed_fields));
+        }
+        if let Some(version) = self.resource_version {
+            metadata.insert("resourceVersion".into(), version.to_string().into());
+        }
+        json!({
+            "apiVersion": crate::API_VERSION,
+            "kind": self.spec.kind().as_str(),
+            "metadata": metadata,
+            "spec": self.spec.to_value(),
+        })
+    }
 }
 
 /// Why a manifest was refused.
@@ -250,7 +286,6 @@ pub fn parse(kind: Kind, document: Value, expect: Expect<'_>) -> Result<Manifest
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn invalid_fields(result: Result<Manifest, ManifestError>) -> Vec<String> {
         match result {
@@ -317,5 +352,16 @@ mod tests {
         .unwrap();
         assert_eq!(manifest.resource_version, Some(42));
         assert_eq!(manifest.namespace, None);
+    }
+
+    #[test]
+    fn a_manifest_reencodes_to_a_document_that_parses_to_the_same_manifest() {
+        let document = json!({"metadata": {"name": "web", "labels": {"app": "web"}, "resourceVersion": "7",
+                "finalizers": ["cls.dev/x"], "ownerReferences": [{"uid": "u"}]},
+            "spec": {"clusterRef": {"name": "dev"}, "image": "nginx", "ports": [{"port": 80}]}});
+        let manifest = parse(Kind::Service, document, Expect::default()).unwrap();
+        let reencoded = manifest.to_document();
+        assert_eq!(reencoded["spec"]["replicas"], 1, "defaults are applied: {reencoded}");
+        assert_eq!(parse(Kind::Service, reencoded, Expect::default()), Ok(manifest));
     }
 }

@@ -6,6 +6,7 @@
 //! error, never a panic.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 /// One requirement of a label selector.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +52,20 @@ impl LabelRequirement {
     }
 }
 
+/// The canonical text of the requirement (`key in (a,b)`), which [`LabelSelector::parse`] reads back.
+impl fmt::Display for LabelRequirement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Equals { key, value } => write!(f, "{key}={value}"),
+            Self::NotEquals { key, value } => write!(f, "{key}!={value}"),
+            Self::In { key, values } => write!(f, "{key} in ({})", values.join(",")),
+            Self::NotIn { key, values } => write!(f, "{key} notin ({})", values.join(",")),
+            Self::Exists { key } => write!(f, "{key}"),
+            Self::DoesNotExist { key } => write!(f, "!{key}"),
+        }
+    }
+}
+
 /// A parsed label selector: the AND of its requirements. No requirements selects everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LabelSelector {
@@ -82,6 +97,23 @@ impl LabelSelector {
     }
 }
 
+/// The canonical text of the selector, requirements joined by `,`; the empty selector is the empty string.
+impl fmt::Display for LabelSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_joined(f, &self.requirements)
+    }
+}
+
+fn write_joined(f: &mut fmt::Formatter<'_>, requirements: &[impl fmt::Display]) -> fmt::Result {
+    for (index, requirement) in requirements.iter().enumerate() {
+        if index > 0 {
+            f.write_str(",")?;
+        }
+        write!(f, "{requirement}")?;
+    }
+    Ok(())
+}
+
 /// One requirement of a field selector.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FieldRequirement {
@@ -89,6 +121,16 @@ pub enum FieldRequirement {
     Equals { field: String, value: String },
     /// `field!=value`.
     NotEquals { field: String, value: String },
+}
+
+/// The canonical text of the requirement (`field=value`, `field!=value`).
+impl fmt::Display for FieldRequirement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Equals { field, value } => write!(f, "{field}={value}"),
+            Self::NotEquals { field, value } => write!(f, "{field}!={value}"),
+        }
+    }
 }
 
 /// A parsed field selector: the AND of its requirements. No requirements selects everything.
@@ -118,6 +160,13 @@ impl FieldSelector {
             FieldRequirement::Equals { field, value } => actual(field) == *value,
             FieldRequirement::NotEquals { field, value } => actual(field) != *value,
         })
+    }
+}
+
+/// The canonical text of the selector, which [`FieldSelector::parse`] reads back.
+impl fmt::Display for FieldSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_joined(f, &self.requirements)
     }
 }
 
@@ -383,18 +432,7 @@ mod tests {
 
     /// Parses and prints the requirements back in canonical form, to keep expectations short.
     fn show(input: &str) -> String {
-        use LabelRequirement::*;
-        let parsed = LabelSelector::parse(input).unwrap_or_else(|e| panic!("{input:?}: {e}"));
-        let show = |r: &LabelRequirement| match r {
-            Equals { key, value } => format!("{key}={value}"),
-            NotEquals { key, value } => format!("{key}!={value}"),
-            In { key, values } => format!("{key} in ({})", values.join(",")),
-            NotIn { key, values } => format!("{key} notin ({})", values.join(",")),
-            Exists { key } => key.clone(),
-            DoesNotExist { key } => format!("!{key}"),
-        };
-        let shown: Vec<_> = parsed.requirements.iter().map(show).collect();
-        shown.join(",")
+        LabelSelector::parse(input).unwrap_or_else(|e| panic!("{input:?}: {e}")).to_string()
     }
 
     fn err(input: &str) -> SelectorError {
@@ -403,13 +441,7 @@ mod tests {
 
     /// Like [`show`], for field selectors over [`FIELDS`].
     fn fields(input: &str) -> String {
-        let parsed = FieldSelector::parse(input, FIELDS).unwrap_or_else(|e| panic!("{e}"));
-        let show = |r: &FieldRequirement| match r {
-            FieldRequirement::Equals { field, value } => format!("{field}={value}"),
-            FieldRequirement::NotEquals { field, value } => format!("{field}!={value}"),
-        };
-        let shown: Vec<_> = parsed.requirements.iter().map(show).collect();
-        shown.join(",")
+        FieldSelector::parse(input, FIELDS).unwrap_or_else(|e| panic!("{e}")).to_string()
     }
 
     fn field_err(input: &str) -> SelectorError {

@@ -11,6 +11,8 @@ use std::collections::BTreeSet;
 
 use serde_json::{Map, Value, json};
 
+use crate::http::error::ApiError;
+
 type FieldPath = Vec<String>;
 
 /// The applied fields a manager can own: `spec`, `metadata.labels`, `metadata.annotations`, `metadata.finalizers`.
@@ -123,8 +125,24 @@ fn merge(target: &mut Value, applied: &Value) {
 }
 
 /// The object after `manager` applies `applied` over `current` (`None`: the object does not exist yet), with its
-/// `metadata.managedFields` updated.
-pub fn apply(current: Option<&Value>, applied: &Value, manager: &str, now: &str) -> Value {
+/// `metadata.managedFields` updated. A configuration that is not an object, or whose `metadata` is not an object,
+/// is a 400 (`metadata: null` counts as no metadata), as kube-apiserver refuses what does not decode into an object.
+pub fn apply(current: Option<&Value>, applied: &Value, manager: &str, now: &str) -> Result<Value, ApiError> {
+    let mut applied_body = applied.clone();
+    let Some(applied_fields) = applied_body.as_object_mut() else {
+        return Err(ApiError::bad_request("the applied configuration must be an object"));
+    };
+    match applied_fields.get_mut("metadata") {
+        None => {}
+        Some(Value::Null) => {
+            applied_fields.remove("metadata");
+        }
+        Some(Value::Object(metadata)) => {
+            metadata.remove("managedFields");
+            metadata.remove("resourceVersion");
+        }
+        Some(_) => return Err(ApiError::bad_request("metadata of the applied configuration must be an object")),
+    }
     let applied_paths = owned_paths(applied);
     let mut managed: Vec<Value> =
         current.and_then(|current| current["metadata"]["managedFields"].as_array().cloned()).unwrap_or_default();
@@ -135,11 +153,6 @@ pub fn apply(current: Option<&Value>, applied: &Value, manager: &str, now: &str)
             remove_path(&mut result, dropped);
         }
     }
-    let mut applied_body = applied.clone();
-    if let Some(metadata) = applied_body.get_mut("metadata").and_then(Value::as_object_mut) {
-        metadata.remove("managedFields");
-        metadata.remove("resourceVersion");
-    }
     merge(&mut result, &applied_body);
     let entry = json!({
         "manager": manager, "operation": "Apply", "apiVersion": cls_core::API_VERSION, "time": now,
@@ -149,8 +162,17 @@ pub fn apply(current: Option<&Value>, applied: &Value, manager: &str, now: &str)
         Some(index) => managed[index] = entry,
         None => managed.push(entry),
     }
-    result["metadata"]["managedFields"] = Value::Array(managed);
-    result
+    // Both the configuration and the stored object are objects, so the merge is one and its metadata is an object
+    // or missing; a stored object is never anything else, but a broken one must not panic the request either.
+    let Some(fields) = result.as_object_mut() else {
+        return Err(ApiError::bad_request("the applied configuration must be an object"));
+    };
+    let metadata = fields.entry("metadata").or_insert_with(|| json!({}));
+    let Some(metadata) = metadata.as_object_mut() else {
+        return Err(ApiError::bad_request("metadata of the object must be an object"));
+    };
+    metadata.insert("managedFields".into(), Value::Array(managed));
+    Ok(result)
 }
 
 #[cfg(test)]
@@ -166,32 +188,57 @@ mod tests {
     #[test]
     fn a_field_the_manager_dropped_is_removed_and_others_stay() {
         let first =
-            apply(None, &json!({"metadata": {"name": "a"}, "spec": {"replicas": 2, "image": "x"}}), "kubectl", "t");
+            apply(None, &json!({"metadata": {"name": "a"}, "spec": {"replicas": 2, "image": "x"}}), "kubectl", "t")
+                .unwrap();
         let mut current = first.clone();
         current["spec"]["healthCheck"] = json!({"tcp": {"port": 80}});
         let second =
-            apply(Some(&current), &json!({"metadata": {"name": "a"}, "spec": {"replicas": 3}}), "kubectl", "t");
+            apply(Some(&current), &json!({"metadata": {"name": "a"}, "spec": {"replicas": 3}}), "kubectl", "t")
+                .unwrap();
         assert_eq!(second["spec"], json!({"replicas": 3, "healthCheck": {"tcp": {"port": 80}}}));
         assert_eq!(second["metadata"]["managedFields"].as_array().unwrap().len(), 1);
     }
 
     #[test]
     fn dropping_the_last_field_of_an_object_removes_the_object_but_not_the_spec() {
-        let first = apply(None, &json!({"metadata": {"name": "a"}, "spec": {"release": {"version": "1"}}}), "m", "t");
+        let first =
+            apply(None, &json!({"metadata": {"name": "a"}, "spec": {"release": {"version": "1"}}}), "m", "t").unwrap();
         let second =
-            apply(Some(&first), &json!({"metadata": {"name": "a"}, "spec": {"platform": {"type": "x"}}}), "m", "t");
+            apply(Some(&first), &json!({"metadata": {"name": "a"}, "spec": {"platform": {"type": "x"}}}), "m", "t")
+                .unwrap();
         assert_eq!(second["spec"], json!({"platform": {"type": "x"}}));
-        let third = apply(Some(&second), &json!({"metadata": {"name": "a"}}), "m", "t");
+        let third = apply(Some(&second), &json!({"metadata": {"name": "a"}}), "m", "t").unwrap();
         assert_eq!(third["spec"], json!({}));
     }
 
     #[test]
     fn another_manager_applying_only_an_annotation_keeps_the_spec() {
-        let first = apply(None, &json!({"metadata": {"name": "a"}, "spec": {"replicas": 2}}), "kubectl", "t");
+        let first = apply(None, &json!({"metadata": {"name": "a"}, "spec": {"replicas": 2}}), "kubectl", "t").unwrap();
         let annotation = json!({"metadata": {"name": "a", "annotations": {"last": "x"}}});
-        let second = apply(Some(&first), &annotation, "kubectl-last-applied", "t");
+        let second = apply(Some(&first), &annotation, "kubectl-last-applied", "t").unwrap();
         assert_eq!(second["spec"], json!({"replicas": 2}));
         assert_eq!(second["metadata"]["annotations"]["last"], "x");
         assert_eq!(second["metadata"]["managedFields"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_configuration_that_is_not_an_object_or_has_no_object_metadata_is_a_bad_request() {
+        // found by the apply_patch fuzz target: these panicked on `result["metadata"]["managedFields"] = ...`
+        let current = apply(None, &json!({"metadata": {"name": "a"}, "spec": {"replicas": 2}}), "m", "t").unwrap();
+        for applied in [json!("x"), json!([1]), json!(null), json!({"metadata": 5}), json!({"metadata": ["a"]})] {
+            for current in [None, Some(&current)] {
+                let error = apply(current, &applied, "m", "t").expect_err(&applied.to_string());
+                assert_eq!(error.code, axum::http::StatusCode::BAD_REQUEST, "{applied}");
+            }
+        }
+    }
+
+    #[test]
+    fn null_metadata_in_the_configuration_is_no_metadata() {
+        let current = apply(None, &json!({"metadata": {"name": "a", "labels": {"x": "1"}}}), "m", "t").unwrap();
+        let second = apply(Some(&current), &json!({"metadata": null, "spec": {"replicas": 2}}), "other", "t").unwrap();
+        assert_eq!(second["metadata"]["name"], "a");
+        assert_eq!(second["metadata"]["labels"], json!({"x": "1"}));
+        assert_eq!(second["metadata"]["managedFields"].as_array().map(Vec::len), Some(2));
     }
 }

@@ -308,7 +308,7 @@ async fn patch(
             .update(target.kind, &key, |current| {
                 note.before(current);
                 let desired =
-                    parse_manifest(target.kind, apply(Some(&current.to_json()), &applied, &manager, &now), expect)?;
+                    parse_manifest(target.kind, apply(Some(&current.to_json()), &applied, &manager, &now)?, expect)?;
                 may_update(&identity, current, &desired)?;
                 Ok::<_, ApiError>(desired)
             })
@@ -321,7 +321,7 @@ async fn patch(
                 Ok(object_response(StatusCode::OK, &object, &headers, &params, &warnings))
             }
             Err(StoreError::NotFound { .. }) => {
-                let manifest = parse_manifest(target.kind, apply(None, &applied, &manager, &now), expect)?;
+                let manifest = parse_manifest(target.kind, apply(None, &applied, &manager, &now)?, expect)?;
                 identity
                     .may_create(target.kind, manifest.namespace.as_deref().unwrap_or_default())
                     .map_err(|denial| denied(denial, target.kind, &manifest.name))?;

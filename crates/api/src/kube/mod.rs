@@ -2,7 +2,7 @@
 //! kube-apiserver serves a CRD group (list, watch, get, create, update, patch: merge, JSON and apply, delete, the
 //! `/status` subresource, Tables, `fieldValidation`, `dryRun`, selectors, pagination). See KUBE-WIRE.md.
 
-mod apply;
+pub(crate) mod apply;
 mod discovery;
 mod fields;
 mod handlers;
