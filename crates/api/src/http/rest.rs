@@ -3,7 +3,8 @@
 
 use axum::Router;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use cls_core::Kind;
@@ -16,7 +17,7 @@ use super::AppState;
 use super::body::Body;
 use super::error::{ApiError, ApiResult};
 use super::query::Params;
-use crate::store::{Change, ObjectKey, StoredObject};
+use crate::store::{Change, ObjectJson, ObjectKey, StoredObject};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -41,6 +42,11 @@ fn key_of(kind: Kind, id: &str) -> ApiResult<ObjectKey> {
 
 fn object(code: StatusCode, object: &StoredObject) -> Response {
     (code, axum::Json(object)).into_response()
+}
+
+/// A GET's 200 answer: the object's JSON as the store rendered it.
+pub(crate) fn object_json(object: ObjectJson) -> Response {
+    ([(CONTENT_TYPE, HeaderValue::from_static("application/json"))], object.body).into_response()
 }
 
 /// Parses a manifest for `kind`, 400/422 as it deserves.
@@ -80,8 +86,7 @@ async fn create(State(state): State<AppState>, Path(plural): Path<String>, body:
 
 async fn read(State(state): State<AppState>, Path((plural, id)): Path<(String, String)>) -> ApiResult<Response> {
     let kind = kind_of(&plural)?;
-    let found = state.store.get(kind, &key_of(kind, &id)?).await?;
-    Ok(object(StatusCode::OK, &found))
+    Ok(object_json(state.store.get_json(kind, &key_of(kind, &id)?).await?))
 }
 
 async fn replace(

@@ -24,7 +24,7 @@ use super::table::{IncludeObject, TABLE_CONTENT_TYPE, table, wants_table};
 use crate::http::AppState;
 use crate::http::body::Body;
 use crate::http::error::{ApiError, ApiResult};
-use crate::http::rest::{ListBody, Patch, parse_manifest};
+use crate::http::rest::{ListBody, Patch, object_json, parse_manifest};
 use crate::store::{ObjectKey, Store, StoreError, StoredObject};
 
 pub fn routes() -> Router<AppState> {
@@ -228,6 +228,9 @@ async fn read(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let (target, name, params) = path.item(raw.as_deref())?;
+    if !wants_table(accept(&headers)) {
+        return Ok(object_json(state.store.get_json(target.kind, &target.key(&name)).await?));
+    }
     let object = state.store.get(target.kind, &target.key(&name)).await?;
     Ok(object_response(StatusCode::OK, &object, &headers, &params, &[]))
 }

@@ -24,7 +24,7 @@ use cls_core::validation::FieldErrors;
 use thiserror::Error;
 use uuid::Uuid;
 
-pub use object::StoredObject;
+pub use object::{ObjectJson, StoredObject};
 pub use read::{ContinueToken, ListQuery, ListResult};
 pub use write::Change;
 
