@@ -166,3 +166,28 @@ async fn a_get_of_a_missing_object_is_404_by_uid_and_by_name() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_get_succeeds_after_the_database_dropped_every_connection_it_kept() {
+    bounded(async {
+        let api = TestApi::start().await;
+        let created = api.create_cluster("steady", "gcp").await;
+        let path = format!("/api/v1/clusters/{}", uid(&created));
+        let before = get_json(&api, &path).await;
+
+        // as when the server restarts: every other backend of this database goes away
+        let terminated: Vec<(bool,)> = sqlx::query_as(
+            "select pg_terminate_backend(pid) from pg_stat_activity
+             where datname = current_database() and pid <> pg_backend_pid()",
+        )
+        .fetch_all(&api.db.pool)
+        .await
+        .expect("backends terminated");
+        assert!(!terminated.is_empty(), "the API held connections");
+
+        for _ in 0..3 {
+            assert_eq!(get_json(&api, &path).await, before);
+        }
+    })
+    .await;
+}

@@ -11,7 +11,7 @@ use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::object::{CacheWrite, ObjectJson, ObjectRow, select_json, select_object};
-use super::{ObjectKey, Result, Store, StoreError, StoredObject};
+use super::{ObjectKey, Result, Store, StoreError, StoredObject, is_connection_error};
 
 /// Lists hold at most this many items per page.
 pub const MAX_LIMIT: i64 = 1000;
@@ -169,13 +169,25 @@ impl Store {
     /// rendered by PostgreSQL in the same statement that checks freshness, and its text is passed through without
     /// being decoded; a stale row takes the path of [`Store::get`], which recomputes the aggregate and caches it.
     pub async fn get_json(&self, kind: Kind, key: &ObjectKey) -> Result<ObjectJson> {
-        let query = match key {
+        let query = || match key {
             ObjectKey::Uid(uid) => sqlx::query_as(select_json(kind, true)).bind(*uid),
             ObjectKey::Name { namespace, name } => {
                 sqlx::query_as(select_json(kind, false)).bind(namespace.as_str()).bind(name.as_str())
             }
         };
-        let row: Option<(String, String, Option<String>)> = query.fetch_optional(&self.pool).await?;
+        let mut lent = self.reads.take(&self.pool).await?;
+        let row: Option<(String, String, Option<String>)> = match query().fetch_optional(&mut *lent.connection).await {
+            Ok(row) => {
+                self.reads.give_back(lent);
+                row
+            }
+            // a kept connection that broke while it waited (the server restarted): once more on a tested one
+            Err(error) if lent.reused && is_connection_error(&error) => {
+                drop(lent);
+                query().fetch_optional(&self.pool).await?
+            }
+            Err(error) => return Err(error.into()),
+        };
         let (namespace, name, body) = row.ok_or_else(|| StoreError::NotFound { kind, name: key.describe() })?;
         let body = match body {
             Some(body) => Bytes::from(body),
