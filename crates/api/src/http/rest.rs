@@ -3,7 +3,8 @@
 
 use axum::Router;
 use axum::extract::{Extension, Path, RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use cls_core::Kind;
@@ -18,7 +19,7 @@ use super::body::Body;
 use super::error::{ApiError, ApiResult};
 use super::guard::{AuditNote, denied, seen, visible};
 use super::query::Params;
-use crate::store::{Change, ObjectKey, StoredObject};
+use crate::store::{Change, ObjectJson, ObjectKey, StoredObject};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -43,6 +44,11 @@ fn key_of(kind: Kind, id: &str) -> ApiResult<ObjectKey> {
 
 fn object(code: StatusCode, object: &StoredObject) -> Response {
     (code, axum::Json(object)).into_response()
+}
+
+/// A GET's 200 answer: the object's JSON as the store rendered it.
+pub(crate) fn object_json(object: ObjectJson) -> Response {
+    ([(CONTENT_TYPE, HeaderValue::from_static("application/json"))], object.body).into_response()
 }
 
 /// Parses a manifest for `kind`, 400/422 as it deserves.
@@ -97,8 +103,11 @@ async fn read(
     Path((plural, id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let kind = kind_of(&plural)?;
-    let found = visible(&identity, state.store.get(kind, &key_of(kind, &id)?).await?)?;
-    Ok(object(StatusCode::OK, &found))
+    let found = state.store.get_json(kind, &key_of(kind, &id)?).await?;
+    if !identity.sees(kind, &found.namespace) {
+        return Err(ApiError::object_not_found(kind, &found.name));
+    }
+    Ok(object_json(found))
 }
 
 async fn replace(

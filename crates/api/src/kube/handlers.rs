@@ -26,7 +26,7 @@ use crate::http::AppState;
 use crate::http::body::Body;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::guard::{AuditNote, denied, seen, visible};
-use crate::http::rest::{ListBody, Patch, may_update, parse_manifest};
+use crate::http::rest::{ListBody, Patch, may_update, object_json, parse_manifest};
 use crate::store::{ObjectKey, Store, StoreError, StoredObject};
 
 pub fn routes() -> Router<AppState> {
@@ -250,7 +250,11 @@ async fn read(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let (target, name, params) = path.item(raw.as_deref())?;
+    // the path names the namespace: nothing outside the caller's namespaces is read at all
     target.check_visible(&identity, &name)?;
+    if !wants_table(accept(&headers)) {
+        return Ok(object_json(state.store.get_json(target.kind, &target.key(&name)).await?));
+    }
     let object = visible(&identity, state.store.get(target.kind, &target.key(&name)).await?)?;
     Ok(object_response(StatusCode::OK, &object, &headers, &params, &[]))
 }

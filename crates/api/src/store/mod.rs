@@ -7,6 +7,7 @@
 //! Reads fetch the row and, only when the cached aggregate is stale, the reports in the same statement; the fresh
 //! aggregate is then cached with a compare-and-set on `status_seq`, so a report racing a read is never lost.
 
+mod connections;
 pub mod feed;
 mod object;
 pub mod read;
@@ -25,11 +26,12 @@ use cls_core::validation::FieldErrors;
 use thiserror::Error;
 use uuid::Uuid;
 
-pub use object::StoredObject;
+pub use object::{ObjectJson, StoredObject};
 pub use read::{ContinueToken, ListQuery, ListResult};
 pub use security::{AuditRecord, TokenRecord};
 pub use write::Change;
 
+use connections::ReadConnections;
 use registry::RegistryCache;
 
 /// The migrations of the object store, run by every role at start.
@@ -172,6 +174,8 @@ pub struct Store {
     pool: sqlx::PgPool,
     schedule: ScheduleConfig,
     registry: RegistryCache,
+    /// Connections GETs keep out of the pool's acquire and release round trips.
+    reads: ReadConnections,
     /// Writes run to the end and roll back (`dryRun=All`).
     dry_run: bool,
     /// Counts committed writes: the change feed and the notifier wait on it.
@@ -181,7 +185,15 @@ pub struct Store {
 impl Store {
     pub fn new(pool: sqlx::PgPool, schedule: ScheduleConfig) -> Self {
         let (committed, _) = watch::channel(0);
-        Store { pool, schedule, registry: RegistryCache::default(), dry_run: false, committed: Arc::new(committed) }
+        let reads = ReadConnections::for_pool(&pool);
+        Store {
+            pool,
+            schedule,
+            registry: RegistryCache::default(),
+            reads,
+            dry_run: false,
+            committed: Arc::new(committed),
+        }
     }
 
     /// The same store with writes that validate, run and roll back, persisting nothing.

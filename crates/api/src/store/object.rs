@@ -37,6 +37,74 @@ pub(crate) fn select_object(all_reports: bool) -> &'static str {
     if all_reports { &SELECT_ALL_REPORTS } else { &SELECT_STALE_REPORTS }
 }
 
+/// `YYYY-MM-DDTHH:MM:SSZ` of a `timestamptz` column, as [`timestamp`] writes it (truncated to seconds).
+fn sql_timestamp(column: &str) -> String {
+    format!(r#"to_char({column} at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')"#)
+}
+
+/// A text expression rendering the object `o` as JSON exactly as [`StoredObject`]'s `Serialize` does (same keys,
+/// same order, empty metadata fields left out), with the cached `status`. Only the whitespace and the key order
+/// inside the stored JSON documents (spec, status, labels, ...) differ: PostgreSQL prints `jsonb` its own way.
+fn render_object_sql(kind: Kind) -> String {
+    let json = |text: &str| serde_json::to_string(text).expect("strings serialize");
+    let head = format!(r#"{{"apiVersion":{},"kind":{},"metadata":{{"name":"#, json(API_VERSION), json(kind.as_str()));
+    let namespace = if kind.namespaced() { r#" || ',"namespace":' || to_json(o.namespace)::text"# } else { "" };
+    let created = sql_timestamp("o.creation_timestamp");
+    let deleted = sql_timestamp("o.deletion_timestamp");
+    format!(
+        r#"'{head}' || to_json(o.name)::text{namespace}
+    || ',"uid":"' || o.uid::text || '","resourceVersion":"' || o.resource_version::text
+    || '","generation":' || o.generation::text || ',"creationTimestamp":"' || {created} || '"'
+    || case when o.deletion_timestamp is null then ''
+       else ',"deletionTimestamp":"' || {deleted} || '","deletionGracePeriodSeconds":0' end
+    || case when o.labels = '{{}}'::jsonb then '' else ',"labels":' || o.labels::text end
+    || case when o.annotations = '{{}}'::jsonb then '' else ',"annotations":' || o.annotations::text end
+    || case when cardinality(o.finalizers) = 0 then '' else ',"finalizers":' || to_json(o.finalizers)::text end
+    || case when o.owner_references = '[]'::jsonb then ''
+       else ',"ownerReferences":' || o.owner_references::text end
+    || case when o.managed_fields = '[]'::jsonb then '' else ',"managedFields":' || o.managed_fields::text end
+    || '}},"spec":' || o.spec::text || ',"status":' || coalesce(o.status::text, '{{}}') || '}}'"#
+    )
+}
+
+/// The query of a GET: the object's namespace and name, and its JSON rendered by PostgreSQL when the cached
+/// aggregate is fresh (null when it is stale; the caller then takes the aggregating path). `$1` is the uid, or
+/// `$1, $2` the namespace and name.
+fn select_json_sql(kind: Kind, by_uid: bool) -> String {
+    let (fresh, from) = if kind.reconciled() {
+        ("o.status_cached_seq = o.status_seq and o.status_epoch = e.epoch", "objects o cross join registry_epoch e")
+    } else {
+        ("true", "objects o")
+    };
+    let key = if by_uid { "o.uid = $1" } else { "o.namespace = $1 and o.name = $2" };
+    format!(
+        "select o.namespace, o.name, case when {fresh} then {} end as body from {from} where o.kind = '{}' and {key}",
+        render_object_sql(kind),
+        kind.as_str()
+    )
+}
+
+/// The GET queries, one per kind and key shape, built once (they are prepared once per connection).
+static SELECT_JSON: LazyLock<[[String; 2]; 3]> =
+    LazyLock::new(|| Kind::ALL.map(|kind| [select_json_sql(kind, true), select_json_sql(kind, false)]));
+
+/// The GET query of `kind` by uid (`$1`) or by namespace and name (`$1`, `$2`).
+pub(crate) fn select_json(kind: Kind, by_uid: bool) -> &'static str {
+    let index = Kind::ALL.iter().position(|each| *each == kind).unwrap_or_default();
+    &SELECT_JSON[index][usize::from(!by_uid)]
+}
+
+/// One object as a GET answers it: its JSON body, and the fields that authorization needs.
+#[derive(Clone, Debug)]
+pub struct ObjectJson {
+    pub kind: Kind,
+    /// Empty for cluster-scoped kinds.
+    pub namespace: String,
+    pub name: String,
+    /// `{apiVersion, kind, metadata, spec, status}`, UTF-8 JSON.
+    pub body: bytes::Bytes,
+}
+
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct ObjectRow {
     pub uid: Uuid,

@@ -2,6 +2,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
 use cls_core::Kind;
 use cls_core::selector::{FieldRequirement, FieldSelector, LabelRequirement, LabelSelector};
 use serde::{Deserialize, Serialize};
@@ -9,8 +10,8 @@ use serde_json::json;
 use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::object::{CacheWrite, ObjectRow, select_object};
-use super::{ObjectKey, Result, Store, StoreError, StoredObject};
+use super::object::{CacheWrite, ObjectJson, ObjectRow, select_json, select_object};
+use super::{ObjectKey, Result, Store, StoreError, StoredObject, is_connection_error};
 
 /// Lists hold at most this many items per page.
 pub const MAX_LIMIT: i64 = 1000;
@@ -164,6 +165,37 @@ impl Store {
         let row: Option<ObjectRow> = builder.build_query_as().fetch_optional(&self.pool).await?;
         let row = row.ok_or_else(|| StoreError::NotFound { kind, name: key.describe() })?;
         Ok(self.resolve(vec![row]).await?.remove(0))
+    }
+
+    /// Gets one object as the JSON body of a GET. A row whose cached aggregate is fresh (the common case) is
+    /// rendered by PostgreSQL in the same statement that checks freshness, and its text is passed through without
+    /// being decoded; a stale row takes the path of [`Store::get`], which recomputes the aggregate and caches it.
+    pub async fn get_json(&self, kind: Kind, key: &ObjectKey) -> Result<ObjectJson> {
+        let query = || match key {
+            ObjectKey::Uid(uid) => sqlx::query_as(select_json(kind, true)).bind(*uid),
+            ObjectKey::Name { namespace, name } => {
+                sqlx::query_as(select_json(kind, false)).bind(namespace.as_str()).bind(name.as_str())
+            }
+        };
+        let mut lent = self.reads.take(&self.pool).await?;
+        let row: Option<(String, String, Option<String>)> = match query().fetch_optional(&mut *lent.connection).await {
+            Ok(row) => {
+                self.reads.give_back(lent);
+                row
+            }
+            // a kept connection that broke while it waited (the server restarted): once more on a tested one
+            Err(error) if lent.reused && is_connection_error(&error) => {
+                drop(lent);
+                query().fetch_optional(&self.pool).await?
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let (namespace, name, body) = row.ok_or_else(|| StoreError::NotFound { kind, name: key.describe() })?;
+        let body = match body {
+            Some(body) => Bytes::from(body),
+            None => Bytes::from(serde_json::to_vec(&self.get(kind, key).await?).expect("objects serialize")),
+        };
+        Ok(ObjectJson { kind, namespace, name, body })
     }
 
     /// Lists objects in (namespace, name) order, one page at a time.

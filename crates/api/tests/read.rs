@@ -1,0 +1,193 @@
+//! GET of one object, against a real PostgreSQL: the body PostgreSQL renders for a fresh row must be the object the
+//! aggregating path (and every list) renders, for every shape of metadata, and a stale aggregate must be
+//! recomputed and cached by the read.
+
+mod common;
+
+use std::time::Duration;
+
+use cls_api::store::ObjectKey;
+use cls_core::Kind;
+use common::{TestApi, condition, uid};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+async fn bounded<F: Future<Output = ()>>(test: F) {
+    tokio::time::timeout(Duration::from_secs(120), test).await.expect("test finished within 120 s");
+}
+
+/// The item of `list` (a list response body) named `name`.
+fn item<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|item| item["metadata"]["name"] == name))
+        .unwrap_or_else(|| panic!("{name} in {list}"))
+}
+
+/// GETs `path` and checks that the answer is JSON.
+async fn get_json(api: &TestApi, path: &str) -> Value {
+    let response = api.client.get(api.url(path)).send().await.expect("request sent");
+    assert_eq!(response.status(), StatusCode::OK, "GET {path}");
+    let content_type = response.headers().get("content-type").and_then(|value| value.to_str().ok());
+    assert_eq!(content_type, Some("application/json"), "GET {path}");
+    response.json().await.expect("a JSON body")
+}
+
+/// The store's two renderings of one object: PostgreSQL's (GET) and serde's (lists, writes).
+async fn both_renderings(api: &TestApi, kind: Kind, key: &ObjectKey) -> (Value, Value) {
+    let rendered = api.store.get_json(kind, key).await.expect("get_json");
+    let fast: Value = serde_json::from_slice(&rendered.body).expect("the rendered body is JSON");
+    let slow = api.store.get(kind, key).await.expect("get").to_json();
+    (fast, slow)
+}
+
+#[tokio::test]
+async fn a_get_answers_the_object_a_list_shows_for_every_shape_of_metadata() {
+    bounded(async {
+        let api = TestApi::start().await;
+        api.register("watcher", &["Cluster", "Service"], &[]).await;
+        // every optional metadata field, strings that need escaping, and JSON of every type in the spec
+        let odd = "quote \" backslash \\ newline \n tab \t bell \u{7} apostrophe ' unicode é ✓ 𝄞 </script>";
+        let manifest = json!({
+            "apiVersion": "cls.dev/v1alpha1", "kind": "Cluster",
+            "metadata": {"name": "full", "labels": {"team": "a", "tier": "gold"},
+                         "annotations": {"note": odd, "empty": ""}, "finalizers": ["cls.dev/test"]},
+            "spec": {"platform": {"type": "gcp", "region": "europe-west1",
+                                  "config": {"int": 100000, "negative": -3, "float": 1.5, "big": 9007199254740993_u64,
+                                             "bool": true, "null": null, "list": [1, "two", {"three": [3]}],
+                                             "odd": odd, "nested": {"b": {}, "a": []}}},
+                     "release": {"version": "1.2.3", "channel": "stable"}}});
+        let response = api
+            .client
+            .patch(api.url("/apis/cls.dev/v1alpha1/namespaces/default/clusters/full?fieldManager=read-test"))
+            .header("content-type", "application/apply-patch+yaml")
+            .body(manifest.to_string())
+            .send()
+            .await
+            .expect("apply sent");
+        assert_eq!(response.status(), StatusCode::CREATED);
+        api.create_cluster("plain", "local").await;
+        api.create_service("web", "plain").await;
+        let (status, _) = api.delete("/apis/cls.dev/v1alpha1/namespaces/default/clusters/full").await;
+        assert_eq!(status, StatusCode::OK, "deleting with a finalizer leaves the object");
+
+        let clusters = get_json(&api, "/apis/cls.dev/v1alpha1/namespaces/default/clusters").await;
+        let services = get_json(&api, "/apis/cls.dev/v1alpha1/namespaces/default/services").await;
+        let controllers = get_json(&api, "/apis/cls.dev/v1alpha1/controllers").await;
+        let cases = [
+            ("clusters", "full", item(&clusters, "full")),
+            ("clusters", "plain", item(&clusters, "plain")),
+            ("services", "web", item(&services, "web")),
+        ];
+        for (plural, name, listed) in cases {
+            let by_name = get_json(&api, &format!("/apis/cls.dev/v1alpha1/namespaces/default/{plural}/{name}")).await;
+            let by_uid = get_json(&api, &format!("/api/v1/{plural}/{}", uid(listed))).await;
+            assert_eq!(&by_name, listed, "GET by name of {plural}/{name}");
+            assert_eq!(&by_uid, listed, "GET by uid of {plural}/{name}");
+        }
+        let full = item(&clusters, "full");
+        assert_eq!(full["metadata"]["annotations"]["note"], odd);
+        assert!(full["metadata"]["deletionTimestamp"].is_string(), "{full}");
+        assert!(full["metadata"]["managedFields"].is_array(), "{full}");
+        assert!(item(&services, "web")["metadata"]["ownerReferences"].is_array());
+        assert!(item(&clusters, "plain")["metadata"].get("labels").is_none(), "empty fields are left out");
+
+        // cluster-scoped: no namespace in the metadata
+        let listed = item(&controllers, "watcher");
+        let by_name = get_json(&api, "/apis/cls.dev/v1alpha1/controllers/watcher").await;
+        assert_eq!(&by_name, listed);
+        assert_eq!(&get_json(&api, "/api/v1/controllers/watcher").await, listed);
+        assert!(by_name["metadata"].get("namespace").is_none(), "{by_name}");
+
+        // and the store's two renderings agree object by object
+        let keys = [
+            (Kind::Cluster, ObjectKey::name("default", "full")),
+            (Kind::Cluster, ObjectKey::name("default", "plain")),
+            (Kind::Service, ObjectKey::name("default", "web")),
+            (Kind::Controller, ObjectKey::name("", "watcher")),
+        ];
+        for (kind, key) in keys {
+            let (fast, slow) = both_renderings(&api, kind, &key).await;
+            assert_eq!(fast, slow, "{kind} {key:?}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_get_after_a_report_recomputes_the_aggregate_caches_it_and_then_renders_the_cached_one() {
+    bounded(async {
+        let api = TestApi::start().await;
+        api.register("infra", &["Cluster"], &["gcp"]).await;
+        let created = api.create_cluster("prod", "gcp").await;
+        let id = uid(&created);
+        let path = format!("/api/v1/clusters/{id}");
+        let before = get_json(&api, &path).await;
+        assert_eq!(condition(&before, "Ready")["status"], "False");
+
+        let (status, _) = api.report("clusters", &id, "infra", 1, true).await;
+        assert_eq!(status, StatusCode::OK);
+        let stale: (bool,) = sqlx::query_as("select status_cached_seq = status_seq from objects where uid = $1::uuid")
+            .bind(&id)
+            .fetch_one(&api.db.pool)
+            .await
+            .expect("cache state");
+        assert!(!stale.0, "a report leaves the cached aggregate stale");
+
+        let after = get_json(&api, &path).await;
+        assert_eq!(condition(&after, "Ready")["status"], "True", "{after}");
+        assert_eq!(after["status"]["controllers"][0]["controller"], "infra");
+        let fresh: (bool,) = sqlx::query_as("select status_cached_seq = status_seq from objects where uid = $1::uuid")
+            .bind(&id)
+            .fetch_one(&api.db.pool)
+            .await
+            .expect("cache state");
+        assert!(fresh.0, "the read cached the aggregate");
+
+        // the cached aggregate is what the next GET renders, by uid and by name
+        assert_eq!(get_json(&api, &path).await, after);
+        assert_eq!(get_json(&api, "/apis/cls.dev/v1alpha1/namespaces/default/clusters/prod").await, after);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_get_of_a_missing_object_is_404_by_uid_and_by_name() {
+    bounded(async {
+        let api = TestApi::start().await;
+        let (status, body) = api.get(&format!("/api/v1/clusters/{}", uuid::Uuid::new_v4())).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        assert_eq!(body["kind"], "Status");
+        let (status, body) = api.get("/apis/cls.dev/v1alpha1/namespaces/default/services/nothing").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        assert_eq!(body["reason"], "NotFound");
+        let (status, _) = api.get("/apis/cls.dev/v1alpha1/controllers/nobody").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_get_succeeds_after_the_database_dropped_every_connection_it_kept() {
+    bounded(async {
+        let api = TestApi::start().await;
+        let created = api.create_cluster("steady", "gcp").await;
+        let path = format!("/api/v1/clusters/{}", uid(&created));
+        let before = get_json(&api, &path).await;
+
+        // as when the server restarts: every other backend of this database goes away
+        let terminated: Vec<(bool,)> = sqlx::query_as(
+            "select pg_terminate_backend(pid) from pg_stat_activity
+             where datname = current_database() and pid <> pg_backend_pid()",
+        )
+        .fetch_all(&api.db.pool)
+        .await
+        .expect("backends terminated");
+        assert!(!terminated.is_empty(), "the API held connections");
+
+        for _ in 0..3 {
+            assert_eq!(get_json(&api, &path).await, before);
+        }
+    })
+    .await;
+}
