@@ -277,8 +277,7 @@ impl<R: Reconcile> Runtime<R> {
             Err(error) => {
                 tracing::warn!(error = %error, message_id, "undecodable message; acknowledged and dropped");
                 self.inner.metrics.filtered.get_or_create(&self.inner.labels).inc();
-                handler.ack();
-                return;
+                return self.settle_ok(Acker::PubSub { handler, message_id });
             }
         };
         let attempt = match handler.delivery_attempt() {
@@ -301,20 +300,20 @@ impl<R: Reconcile> Runtime<R> {
         let inner = &self.inner;
         let event = &message.event;
         let Some(kind) = Kind::from_kind_name(&event.kind) else {
-            return settle_ok(acker);
+            return self.settle_ok(acker);
         };
         self.wake((kind, event.namespace.clone(), event.name.clone()));
         let platform = message.attributes.get("platform").map(String::as_str).unwrap_or_default();
         let event_kind = event.type_.rsplit('.').next().unwrap_or_default();
         if !inner.config.covers(kind, platform) || event_kind == "status" {
             inner.metrics.filtered.get_or_create(&inner.labels).inc();
-            return settle_ok(acker);
+            return self.settle_ok(acker);
         }
         if event_kind == "deleted" {
             let runtime = self.clone();
             let uid = event.uid;
             inner.tasks.spawn(async move { runtime.inner.reconciler.forget(kind, uid).await });
-            return settle_ok(acker);
+            return self.settle_ok(acker);
         }
         self.dispatch(kind, event.uid, Delivery { acker, attempt, message: Some(message.clone()) });
     }
@@ -360,8 +359,7 @@ impl<R: Reconcile> Runtime<R> {
                 Ok(action) => {
                     self.count("ok");
                     for delivery in deliveries {
-                        self.forget_attempts(&delivery.acker);
-                        settle_ok(delivery.acker);
+                        self.settle_ok(delivery.acker);
                     }
                     if let Action::Requeue(after) = action {
                         self.requeue(kind, uid, after);
@@ -390,9 +388,12 @@ impl<R: Reconcile> Runtime<R> {
         self.inner.metrics.reconciles.get_or_create(&labels).inc();
     }
 
-    fn forget_attempts(&self, acker: &Acker) {
-        if let Acker::PubSub { message_id, .. } = acker {
-            self.inner.attempts.lock().expect("attempts lock").remove(message_id);
+    /// Acknowledges a Pub/Sub message (a local delivery needs nothing) and forgets its delivery count.
+    fn settle_ok(&self, acker: Acker) {
+        if let Acker::PubSub { handler, message_id } = acker {
+            self.inner.attempts.lock().expect("attempts lock").remove(&message_id);
+            handler.ack();
+            self.inner.metrics.acked.get_or_create(&self.inner.labels).inc();
         }
     }
 
@@ -452,8 +453,7 @@ impl<R: Reconcile> Runtime<R> {
                 dead.attributes.insert("cls-controller".into(), inner.config.name.clone());
                 match bus.publish(std::slice::from_ref(&dead)).await.pop() {
                     Some(Ok(())) => {
-                        inner.attempts.lock().expect("attempts lock").remove(&message_id);
-                        handler.ack();
+                        self.settle_ok(Acker::PubSub { handler, message_id });
                     }
                     _ => {
                         tracing::warn!("dead-letter publish failed; the message stays on the subscription");
@@ -461,7 +461,7 @@ impl<R: Reconcile> Runtime<R> {
                     }
                 }
             }
-            (acker, _, _) => settle_ok(acker),
+            (acker, _, _) => self.settle_ok(acker),
         }
     }
 
@@ -649,7 +649,8 @@ impl<R: Reconcile> Runtime<R> {
         Ok(())
     }
 
-    /// Registers the controller, then heartbeats; the first success starts a resync of every covered object.
+    /// Registers the controller, then heartbeats; the first success starts a resync of every covered object (unless
+    /// `resync_on_start` is off).
     async fn heartbeat(self) {
         let inner = &self.inner;
         let spec = ControllerSpec {
@@ -665,7 +666,9 @@ impl<R: Reconcile> Runtime<R> {
                     if !registered {
                         registered = true;
                         tracing::info!("registered");
-                        inner.tasks.spawn(self.clone().resync());
+                        if inner.config.resync_on_start {
+                            inner.tasks.spawn(self.clone().resync());
+                        }
                     }
                     inner.config.heartbeat
                 }
@@ -706,12 +709,6 @@ impl<R: Reconcile> Runtime<R> {
 
 fn local(attempt: u32) -> Delivery {
     Delivery { acker: Acker::Local, attempt, message: None }
-}
-
-fn settle_ok(acker: Acker) {
-    if let Acker::PubSub { handler, .. } = acker {
-        handler.ack();
-    }
 }
 
 /// `cls-<controller>-dead-letter`.

@@ -37,6 +37,9 @@ pub struct ControllerConfig {
     pub heartbeat: Duration,
     /// How often the runtime re-checks an object whose preconditions are unmet (status events wake it sooner).
     pub precondition_recheck: Duration,
+    /// Whether the first registration queues every object of its kinds (repairs state outside after a restart).
+    /// A controller that keeps nothing outside may rely on the scheduler's periodic events instead.
+    pub resync_on_start: bool,
 }
 
 impl ControllerConfig {
@@ -54,6 +57,7 @@ impl ControllerConfig {
             max_backoff: Duration::from_secs(30),
             heartbeat: Duration::from_secs(30),
             precondition_recheck: Duration::from_secs(10),
+            resync_on_start: true,
         }
     }
 
