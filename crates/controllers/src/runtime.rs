@@ -17,6 +17,7 @@ use cls_core::condition::same_conditions_ignoring_time;
 use cls_core::event::Event;
 use cls_core::resources::{ControllerReport, ControllerSpec};
 use cls_reconciler::{BusMessage, EventBus, InProcessBus, PubSubBus, PubSubConfig};
+use google_cloud_pubsub::subscriber::MessageStream;
 use google_cloud_pubsub::subscriber::handler::Handler;
 use serde_json::Value;
 use tokio::sync::{Semaphore, broadcast, mpsc};
@@ -30,6 +31,8 @@ use crate::sdk::{Action, ControllerConfig, Outcome, Precondition, Reconcile, Rec
 
 /// How long shutdown waits for running reconciles.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages leased at once by the process (shared by its streaming pulls).
+const MAX_OUTSTANDING: i64 = 10_000;
 /// Re-reads after a 409 before the reconcile counts as failed.
 const CONFLICT_RETRIES: usize = 5;
 
@@ -190,27 +193,16 @@ impl<R: Reconcile> Runtime<R> {
             }
             Source::PubSub { config, subscription } => {
                 let subscription = subscription.unwrap_or_else(|| format!("cls-{}", inner.config.name));
-                let Some(mut stream) = self.subscribe(&config, &subscription).await? else {
+                let Some(streams) = self.subscribe(&config, &subscription, inner.config.streams.max(1)).await? else {
                     return Ok(());
                 };
+                for stream in streams {
+                    inner.tasks.spawn(self.clone().pull(config.clone(), subscription.clone(), stream));
+                }
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => break,
                         Some((kind, uid)) = triggers.recv() => self.dispatch(kind, uid, local(1)),
-                        next = stream.next() => match next {
-                            Some(Ok((message, handler))) => self.receive(message, handler),
-                            Some(Err(error)) => {
-                                tracing::warn!(error = %error, "subscription stream failed; retrying");
-                                tokio::time::sleep(Duration::from_millis(500)).await;
-                            }
-                            None => {
-                                tracing::warn!("subscription stream ended; reopening");
-                                stream = match self.subscribe(&config, &subscription).await? {
-                                    Some(stream) => stream,
-                                    None => break,
-                                };
-                            }
-                        },
                     }
                 }
             }
@@ -225,17 +217,18 @@ impl<R: Reconcile> Runtime<R> {
     }
 
     /// Creates the topic, the subscription (with the platform filter) and the dead-letter topic, retrying until they
-    /// exist or shutdown; answers the message stream.
+    /// exist or shutdown; answers `count` streaming pulls on the subscription.
     async fn subscribe(
         &self,
         config: &PubSubConfig,
         subscription: &str,
-    ) -> Result<Option<google_cloud_pubsub::subscriber::MessageStream>, RuntimeError> {
+        count: usize,
+    ) -> Result<Option<Vec<MessageStream>>, RuntimeError> {
         let inner = &self.inner;
         let mut delay = Duration::from_millis(200);
         loop {
-            match self.try_subscribe(config, subscription).await {
-                Ok(stream) => return Ok(Some(stream)),
+            match self.try_subscribe(config, subscription, count).await {
+                Ok(streams) => return Ok(Some(streams)),
                 Err(error) => tracing::warn!(error = %error, "waiting for pub/sub"),
             }
             tokio::select! {
@@ -250,7 +243,8 @@ impl<R: Reconcile> Runtime<R> {
         &self,
         config: &PubSubConfig,
         subscription: &str,
-    ) -> Result<google_cloud_pubsub::subscriber::MessageStream, RuntimeError> {
+        count: usize,
+    ) -> Result<Vec<MessageStream>, RuntimeError> {
         let inner = &self.inner;
         let wrap = |source| RuntimeError::PubSub { controller: inner.config.name.clone(), source };
         let topics = config.topic_admin().await.map_err(wrap)?;
@@ -263,11 +257,49 @@ impl<R: Reconcile> Runtime<R> {
         let dead_letter = PubSubBus::connect(dead_letter_config).await.map_err(wrap)?;
         *inner.dead_letter.lock().expect("dead letter lock") = Some(dead_letter);
         let subscriber = config.subscriber().await.map_err(wrap)?;
-        tracing::info!(subscription, filter, "subscribed");
-        Ok(subscriber
-            .subscribe(config.subscription_path(subscription))
-            .set_max_outstanding_messages(10_000_i64)
-            .build())
+        tracing::info!(subscription, filter, streams = count, "subscribed");
+        // the lease limit is the process's, shared by its streams
+        let outstanding = (MAX_OUTSTANDING / count.max(1) as i64).max(1);
+        Ok((0..count)
+            .map(|_| {
+                subscriber
+                    .subscribe(config.subscription_path(subscription))
+                    .set_max_outstanding_messages(outstanding)
+                    .build()
+            })
+            .collect())
+    }
+
+    /// Consumes one streaming pull until shutdown, reopening it when it ends.
+    async fn pull(self, config: PubSubConfig, subscription: String, mut stream: MessageStream) {
+        let stop = self.inner.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                next = stream.next() => match next {
+                    Some(Ok((message, handler))) => self.receive(message, handler),
+                    Some(Err(error)) => {
+                        tracing::warn!(error = %error, "subscription stream failed; retrying");
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        }
+                    }
+                    None => {
+                        tracing::warn!("subscription stream ended; reopening");
+                        match self.subscribe(&config, &subscription, 1).await {
+                            Ok(Some(mut reopened)) if !reopened.is_empty() => stream = reopened.remove(0),
+                            Ok(_) => break,
+                            Err(error) => {
+                                tracing::error!(error = %error, "cannot reopen the subscription stream");
+                                break;
+                            }
+                        }
+                    }
+                },
+            }
+        }
+        tracing::debug!("subscription stream stopped");
     }
 
     fn receive(&self, message: google_cloud_pubsub::model::Message, handler: Handler) {

@@ -40,6 +40,8 @@ pub struct ControllerConfig {
     /// Whether the first registration queues every object of its kinds (repairs state outside after a restart).
     /// A controller that keeps nothing outside may rely on the scheduler's periodic events instead.
     pub resync_on_start: bool,
+    /// Streaming pulls opened on the Pub/Sub subscription (the emulator serves about 2,000 messages/s per stream).
+    pub streams: usize,
 }
 
 impl ControllerConfig {
@@ -58,6 +60,7 @@ impl ControllerConfig {
             heartbeat: Duration::from_secs(30),
             precondition_recheck: Duration::from_secs(10),
             resync_on_start: true,
+            streams: 1,
         }
     }
 

@@ -58,6 +58,8 @@ pub struct ProcessArgs {
     pub listen: SocketAddr,
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
+    #[arg(long, default_value_t = 1)]
+    pub streams: usize,
 }
 
 /// Reconciles to `Available` without doing anything.
@@ -83,11 +85,12 @@ impl Reconcile for NoOp {
     }
 }
 
-fn controller_config(concurrency: usize) -> ControllerConfig {
+fn controller_config(concurrency: usize, streams: usize) -> ControllerConfig {
     let mut config = ControllerConfig::new(CONTROLLER, &[Kind::Cluster])
         .platforms(&[PLATFORM])
         .description("the no-op controller of cls bench controller");
     config.concurrency = concurrency;
+    config.streams = streams;
     // every reconcile of the run comes from a message (the objects already carry this controller's report)
     config.resync_on_start = false;
     config
@@ -107,7 +110,7 @@ pub async fn process(args: ProcessArgs) -> anyhow::Result<()> {
     tokio::spawn(axum::serve(listener, app).into_future());
     println!("listening on {address}");
     let api = ApiClient::new(args.api_url);
-    let runtime = Runtime::new(controller_config(args.concurrency), NoOp, api, metrics);
+    let runtime = Runtime::new(controller_config(args.concurrency, args.streams), NoOp, api, metrics);
     let source = Source::PubSub { config: pubsub_config(&args.pubsub_emulator_host), subscription: None };
     runtime.run(source, CancellationToken::new()).await?;
     Ok(())
@@ -168,14 +171,20 @@ fn milliseconds(seconds: f64) -> String {
 }
 
 /// `cls bench controller`.
-pub async fn run(environment: &Environment, objects: usize, messages: usize, concurrency: usize) -> anyhow::Result<()> {
+pub async fn run(
+    environment: &Environment,
+    objects: usize,
+    messages: usize,
+    concurrency: usize,
+    streams: usize,
+) -> anyhow::Result<()> {
     if objects == 0 || messages < 10 {
         bail!("--objects must be positive and --messages at least 10");
     }
     let emulator = tokio::task::spawn_blocking(PubSubEmulator::start)
         .await
         .context("cannot start the Pub/Sub emulator (java and the emulator jar are needed)")?;
-    let result = measure(environment, &emulator.host(), objects, messages, concurrency).await;
+    let result = measure(environment, &emulator.host(), objects, messages, concurrency, streams).await;
     let _ = tokio::task::spawn_blocking(move || drop(emulator)).await;
     result
 }
@@ -186,9 +195,10 @@ async fn measure(
     objects: usize,
     messages: usize,
     concurrency: usize,
+    streams: usize,
 ) -> anyhow::Result<()> {
     let pubsub = pubsub_config(emulator_host);
-    let controller = controller_config(concurrency);
+    let controller = controller_config(concurrency, streams);
     pubsub.ensure_topic(&pubsub.topic_admin().await?).await?;
     let subscriptions = pubsub.subscription_admin().await?;
     for subscription in [format!("cls-{CONTROLLER}"), RAW_SUBSCRIPTION.to_owned()] {
@@ -221,13 +231,13 @@ async fn measure(
         messages as f64 / published
     );
 
-    let (first, last) = run_controller(environment, emulator_host, concurrency, messages).await?;
+    let (first, last) = run_controller(environment, emulator_host, &controller, messages).await?;
     let (Some(first_at), Some(last_at)) = (first.at, last.at) else { bail!("no samples") };
     let elapsed = (last_at - first_at).as_secs_f64();
     let reconciles = (last.reconciles_ok - first.reconciles_ok) / elapsed;
     let acked = (last.acked - first.acked) / elapsed;
     println!(
-        "controller {CONTROLLER} (one process, concurrency {concurrency}): {reconciles:.0} reconciles/s, {acked:.0} \
+        "controller {CONTROLLER} (one process, concurrency {concurrency}, {streams} streaming pull(s)): {reconciles:.0} reconciles/s, {acked:.0} \
          messages acked/s in steady state (10% to 90% of the messages, {elapsed:.1} s); reconcile duration \
          p50 <= {}, p99 <= {}; during the whole run: {} reports written, {} failed reconciles",
         milliseconds(quantile(&first, &last, 0.5)),
@@ -236,10 +246,10 @@ async fn measure(
         last.reconciles_error,
     );
 
-    let raw = drain_raw(&pubsub, messages).await?;
+    let raw = drain_raw(&pubsub, messages, streams).await?;
     println!(
         "baseline: a plain google-cloud-pubsub subscriber acking the same {messages} messages from the same \
-         emulator: {raw:.0} msgs/s (10% to 90%)"
+         emulator ({streams} streaming pull(s)): {raw:.0} msgs/s (10% to 90%)"
     );
     let verdict = if reconciles >= 1000.0 { "met" } else { "NOT met" };
     println!("target 1,000 reconciles/s from one controller process: {verdict}");
@@ -267,9 +277,27 @@ async fn publish(pubsub: &PubSubConfig, uids: &[String], messages: usize) -> any
             BusMessage::new(event, PLATFORM)
         })
         .collect();
-    for chunk in all.chunks(5_000) {
-        for result in bus.publish(chunk).await {
-            result.context("publish to the emulator failed")?;
+    // as the relay does: what the bus could not confirm is published again
+    for chunk in all.chunks(500) {
+        let mut pending = chunk.to_vec();
+        for attempt in 1.. {
+            let results = bus.publish(&pending).await;
+            let mut failed = Vec::new();
+            let mut last_error = None;
+            for (message, result) in pending.into_iter().zip(results) {
+                if let Err(error) = result {
+                    failed.push(message);
+                    last_error = Some(error);
+                }
+            }
+            match last_error {
+                None => break,
+                Some(error) if attempt >= 10 => {
+                    return Err(anyhow::Error::new(error).context("publish to the emulator failed 10 times"));
+                }
+                Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+            pending = failed;
         }
     }
     Ok(())
@@ -280,12 +308,13 @@ async fn publish(pubsub: &PubSubConfig, uids: &[String], messages: usize) -> any
 async fn run_controller(
     environment: &Environment,
     emulator_host: &str,
-    concurrency: usize,
+    controller: &ControllerConfig,
     messages: usize,
 ) -> anyhow::Result<(Sample, Sample)> {
     let mut child = Command::new(std::env::current_exe()?)
         .args(["bench", "controller-process", "--api-url", &environment.base])
-        .args(["--pubsub-emulator-host", emulator_host, "--concurrency", &concurrency.to_string()])
+        .args(["--pubsub-emulator-host", emulator_host, "--concurrency", &controller.concurrency.to_string()])
+        .args(["--streams", &controller.streams.to_string()])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -341,28 +370,55 @@ async fn run_controller(
     Ok((first.context("no sample at 10%")?, last.context("no sample at 90%")?))
 }
 
-/// Acknowledges `messages` from the baseline subscription; answers messages/s between 10% and 90% of them.
-async fn drain_raw(pubsub: &PubSubConfig, messages: usize) -> anyhow::Result<f64> {
+/// Acknowledges `messages` from the baseline subscription on `streams` streaming pulls (sharing the lease limit, as
+/// in the SDK); answers messages/s between 10% and 90% of them.
+async fn drain_raw(pubsub: &PubSubConfig, messages: usize, streams: usize) -> anyhow::Result<f64> {
     let subscriber = pubsub.subscriber().await?;
-    let mut stream = subscriber
-        .subscribe(pubsub.subscription_path(RAW_SUBSCRIPTION))
-        .set_max_outstanding_messages(MAX_OUTSTANDING)
-        .build();
+    let (sender, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    for _ in 0..streams.max(1) {
+        let mut stream = subscriber
+            .subscribe(pubsub.subscription_path(RAW_SUBSCRIPTION))
+            .set_max_outstanding_messages((MAX_OUTSTANDING / streams.max(1) as i64).max(1))
+            .build();
+        let sender = sender.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    next = stream.next() => next,
+                };
+                let outcome = match next {
+                    Some(Ok((_message, handler))) => {
+                        handler.ack();
+                        Ok(())
+                    }
+                    Some(Err(error)) => Err(format!("the baseline subscription failed: {error}")),
+                    None => Err("the baseline subscription ended".to_owned()),
+                };
+                let failed = outcome.is_err();
+                if sender.send(outcome).is_err() || failed {
+                    return;
+                }
+            }
+        });
+    }
     let (low, high) = (messages / 10, messages * 9 / 10);
     let (mut first, mut last) = (None, None);
-    let mut received = 0;
-    while received < messages {
-        match tokio::time::timeout(STALL, stream.next()).await {
-            Ok(Some(Ok((_message, handler)))) => handler.ack(),
-            Ok(Some(Err(error))) => bail!("the baseline subscription failed: {error}"),
-            Ok(None) => bail!("the baseline subscription ended"),
-            Err(_) => bail!("the baseline received {received} of {messages} messages and nothing more for {STALL:?}"),
+    let mut count = 0;
+    while count < messages {
+        match tokio::time::timeout(STALL, received.recv()).await {
+            Ok(Some(Ok(()))) => count += 1,
+            Ok(Some(Err(error))) => bail!(error),
+            Ok(None) => bail!("the baseline streams stopped"),
+            Err(_) => bail!("the baseline received {count} of {messages} messages and nothing more for {STALL:?}"),
         }
-        received += 1;
-        if received == low {
+        if count == low {
             first = Some(Instant::now());
         }
-        if received == high {
+        if count == high {
             last = Some(Instant::now());
         }
     }

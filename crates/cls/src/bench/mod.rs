@@ -54,14 +54,17 @@ pub enum Bench {
     /// Pub/Sub emulator: reconciles/s and reconcile p50/p99, against a plain subscriber acking the same messages.
     Controller {
         /// More than the subscriber leases at once (10,000), so that deliveries of one object rarely coalesce.
-        #[arg(long, default_value_t = 20_000)]
+        #[arg(long, default_value_t = 12_000)]
         objects: usize,
         /// Reconcile events published (round-robin over the objects) before the controller starts.
-        #[arg(long, default_value_t = 40_000)]
+        #[arg(long, default_value_t = 24_000)]
         messages: usize,
         /// Reconciles running at once in the controller.
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
+        /// Streaming pulls of the controller (and of the baseline subscriber).
+        #[arg(long, default_value_t = 1)]
+        streams: usize,
     },
     /// The controller process of `cls bench controller` (started by it).
     #[command(hide = true)]
@@ -186,8 +189,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Bench::Watch => watch::run(&environment).await,
         Bench::E2e => e2e::run(&environment).await,
         Bench::Scheduler { objects } => scheduler::run(&environment, objects, args.duration).await,
-        Bench::Controller { objects, messages, concurrency } => {
-            controller::run(&environment, objects, messages, concurrency).await
+        Bench::Controller { objects, messages, concurrency, streams } => {
+            controller::run(&environment, objects, messages, concurrency, streams).await
         }
         Bench::ControllerProcess(_) => unreachable!("handled above"),
     };
