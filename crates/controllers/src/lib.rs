@@ -31,7 +31,8 @@
 //!
 //! 1. At start the runtime registers the `Controller` object (`PUT /api/v1/controllers/<name>`), then heartbeats it
 //!    every `heartbeat`; the first success queues every existing object of its kinds (a resync, so that state
-//!    outside — processes, ports — is repaired after a restart without waiting for the scheduler).
+//!    outside — processes, ports — is repaired after a restart without waiting for the scheduler; off with
+//!    `resync_on_start = false`).
 //! 2. On Pub/Sub it creates the topic when missing, its subscription `cls-<name>` with the filter
 //!    `attributes.platform = "..."` when missing (message ordering on) and its dead-letter topic
 //!    `cls-<name>-dead-letter`. On the in-process bus of `cls up` it subscribes to the broadcast channel.
@@ -79,7 +80,8 @@
 //!
 //! `cls_controller_reconciles_total{controller,result}`, `cls_controller_failures_total{controller,category}`,
 //! `cls_controller_reconcile_duration_seconds{controller}`, `cls_controller_filtered_total`,
-//! `cls_controller_dead_lettered_total`, `cls_controller_reports_total` ([`Metrics::encode`]).
+//! `cls_controller_dead_lettered_total`, `cls_controller_reports_total`, `cls_controller_acked_total`
+//! ([`Metrics::encode`]).
 
 pub mod client;
 pub mod local_process;

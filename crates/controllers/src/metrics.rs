@@ -1,5 +1,5 @@
 //! Prometheus metrics of a controller: reconciles by result, failures by category, reconcile duration, messages
-//! filtered out, redelivered and dead-lettered.
+//! filtered out, dead-lettered and acknowledged.
 
 use std::sync::Arc;
 
@@ -36,6 +36,7 @@ pub struct Metrics {
     pub filtered: Family<ControllerLabels, Counter>,
     pub dead_lettered: Family<ControllerLabels, Counter>,
     pub reports: Family<ControllerLabels, Counter>,
+    pub acked: Family<ControllerLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -55,12 +56,14 @@ impl Metrics {
         let filtered = Family::<ControllerLabels, Counter>::default();
         let dead_lettered = Family::<ControllerLabels, Counter>::default();
         let reports = Family::<ControllerLabels, Counter>::default();
+        let acked = Family::<ControllerLabels, Counter>::default();
         registry.register("reconciles", "Reconciles run, by result (ok, error, skipped)", reconciles.clone());
         registry.register("failures", "Failed reconciles by category (transient, permanent)", failures.clone());
         registry.register("reconcile_duration_seconds", "Duration of one reconcile", duration_seconds.clone());
         registry.register("filtered", "Messages filtered out (kind, platform, event type)", filtered.clone());
         registry.register("dead_lettered", "Messages moved to the dead-letter topic", dead_lettered.clone());
         registry.register("reports", "Reports written (no-op reports are not sent)", reports.clone());
+        registry.register("acked", "Pub/Sub messages acknowledged (settled, filtered or dead-lettered)", acked.clone());
         Metrics {
             registry: Arc::new(registry),
             reconciles,
@@ -69,6 +72,7 @@ impl Metrics {
             filtered,
             dead_lettered,
             reports,
+            acked,
         }
     }
 

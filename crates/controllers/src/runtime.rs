@@ -17,6 +17,7 @@ use cls_core::condition::same_conditions_ignoring_time;
 use cls_core::event::Event;
 use cls_core::resources::{ControllerReport, ControllerSpec};
 use cls_reconciler::{BusMessage, EventBus, InProcessBus, PubSubBus, PubSubConfig};
+use google_cloud_pubsub::subscriber::MessageStream;
 use google_cloud_pubsub::subscriber::handler::Handler;
 use serde_json::Value;
 use tokio::sync::{Semaphore, broadcast, mpsc};
@@ -34,6 +35,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// (an emulator restarted, a subscription expired) is created again at once: the subscriber's own stream resume backs
 /// off up to a minute and would then only report `NOT_FOUND`.
 const SUBSCRIPTION_CHECK: Duration = Duration::from_secs(2);
+
+/// Messages leased at once by the process (shared by its streaming pulls).
+const MAX_OUTSTANDING: i64 = 10_000;
 /// Re-reads after a 409 before the reconcile counts as failed.
 const CONFLICT_RETRIES: usize = 5;
 
@@ -194,51 +198,16 @@ impl<R: Reconcile> Runtime<R> {
             }
             Source::PubSub { config, subscription } => {
                 let subscription = subscription.unwrap_or_else(|| format!("cls-{}", inner.config.name));
-                let Some(mut stream) = self.subscribe(&config, &subscription).await? else {
+                let Some(streams) = self.subscribe(&config, &subscription, inner.config.streams.max(1)).await? else {
                     return Ok(());
                 };
-                let mut admin = None;
-                let mut check = tokio::time::interval(SUBSCRIPTION_CHECK);
-                check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let mut last_message = Instant::now();
+                for stream in streams {
+                    inner.tasks.spawn(self.clone().pull(config.clone(), subscription.clone(), stream));
+                }
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => break,
                         Some((kind, uid)) = triggers.recv() => self.dispatch(kind, uid, local(1)),
-                        _ = check.tick() => {
-                            if last_message.elapsed() < SUBSCRIPTION_CHECK {
-                                continue;
-                            }
-                            if admin.is_none() {
-                                admin = config.subscription_admin().await.ok();
-                            }
-                            let Some(client) = &admin else { continue };
-                            let missing = config.subscription_missing(client, &subscription);
-                            if tokio::time::timeout(SUBSCRIPTION_CHECK, missing).await.unwrap_or(false) {
-                                tracing::warn!(subscription, "subscription is gone; subscribing again");
-                                stream = match self.subscribe(&config, &subscription).await? {
-                                    Some(stream) => stream,
-                                    None => break,
-                                };
-                            }
-                        }
-                        next = stream.next() => match next {
-                            Some(Ok((message, handler))) => {
-                                last_message = Instant::now();
-                                self.receive(message, handler)
-                            }
-                            Some(Err(error)) => {
-                                tracing::warn!(error = %error, "subscription stream failed; retrying");
-                                tokio::time::sleep(Duration::from_millis(500)).await;
-                            }
-                            None => {
-                                tracing::warn!("subscription stream ended; reopening");
-                                stream = match self.subscribe(&config, &subscription).await? {
-                                    Some(stream) => stream,
-                                    None => break,
-                                };
-                            }
-                        },
                     }
                 }
             }
@@ -253,17 +222,18 @@ impl<R: Reconcile> Runtime<R> {
     }
 
     /// Creates the topic, the subscription (with the platform filter) and the dead-letter topic, retrying until they
-    /// exist or shutdown; answers the message stream.
+    /// exist or shutdown; answers `count` streaming pulls on the subscription.
     async fn subscribe(
         &self,
         config: &PubSubConfig,
         subscription: &str,
-    ) -> Result<Option<google_cloud_pubsub::subscriber::MessageStream>, RuntimeError> {
+        count: usize,
+    ) -> Result<Option<Vec<MessageStream>>, RuntimeError> {
         let inner = &self.inner;
         let mut delay = Duration::from_millis(200);
         loop {
-            match self.try_subscribe(config, subscription).await {
-                Ok(stream) => return Ok(Some(stream)),
+            match self.try_subscribe(config, subscription, count).await {
+                Ok(streams) => return Ok(Some(streams)),
                 Err(error) => tracing::warn!(error = %error, "waiting for pub/sub"),
             }
             tokio::select! {
@@ -278,7 +248,8 @@ impl<R: Reconcile> Runtime<R> {
         &self,
         config: &PubSubConfig,
         subscription: &str,
-    ) -> Result<google_cloud_pubsub::subscriber::MessageStream, RuntimeError> {
+        count: usize,
+    ) -> Result<Vec<MessageStream>, RuntimeError> {
         let inner = &self.inner;
         let wrap = |source| RuntimeError::PubSub { controller: inner.config.name.clone(), source };
         let topics = config.topic_admin().await.map_err(wrap)?;
@@ -291,11 +262,77 @@ impl<R: Reconcile> Runtime<R> {
         let dead_letter = PubSubBus::connect(dead_letter_config).await.map_err(wrap)?;
         *inner.dead_letter.lock().expect("dead letter lock") = Some(dead_letter);
         let subscriber = config.subscriber().await.map_err(wrap)?;
-        tracing::info!(subscription, filter, "subscribed");
-        Ok(subscriber
-            .subscribe(config.subscription_path(subscription))
-            .set_max_outstanding_messages(10_000_i64)
-            .build())
+        tracing::info!(subscription, filter, streams = count, "subscribed");
+        // the lease limit is the process's, shared by its streams
+        let outstanding = (MAX_OUTSTANDING / count.max(1) as i64).max(1);
+        Ok((0..count)
+            .map(|_| {
+                subscriber
+                    .subscribe(config.subscription_path(subscription))
+                    .set_max_outstanding_messages(outstanding)
+                    .build()
+            })
+            .collect())
+    }
+
+    /// Consumes one streaming pull until shutdown, reopening it when it ends.
+    async fn pull(self, config: PubSubConfig, subscription: String, mut stream: MessageStream) {
+        let stop = self.inner.shutdown.clone();
+        let mut admin = None;
+        let mut check = tokio::time::interval(SUBSCRIPTION_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_message = Instant::now();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = check.tick() => {
+                    if last_message.elapsed() < SUBSCRIPTION_CHECK {
+                        continue;
+                    }
+                    if admin.is_none() {
+                        admin = config.subscription_admin().await.ok();
+                    }
+                    let Some(client) = &admin else { continue };
+                    let missing = config.subscription_missing(client, &subscription);
+                    if tokio::time::timeout(SUBSCRIPTION_CHECK, missing).await.unwrap_or(false) {
+                        tracing::warn!(subscription, "subscription is gone; subscribing again");
+                        match self.subscribe(&config, &subscription, 1).await {
+                            Ok(Some(mut reopened)) if !reopened.is_empty() => stream = reopened.remove(0),
+                            Ok(_) => break,
+                            Err(error) => {
+                                tracing::error!(error = %error, "cannot subscribe again");
+                                break;
+                            }
+                        }
+                    }
+                }
+                next = stream.next() => match next {
+                    Some(Ok((message, handler))) => {
+                        last_message = Instant::now();
+                        self.receive(message, handler)
+                    }
+                    Some(Err(error)) => {
+                        tracing::warn!(error = %error, "subscription stream failed; retrying");
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        }
+                    }
+                    None => {
+                        tracing::warn!("subscription stream ended; reopening");
+                        match self.subscribe(&config, &subscription, 1).await {
+                            Ok(Some(mut reopened)) if !reopened.is_empty() => stream = reopened.remove(0),
+                            Ok(_) => break,
+                            Err(error) => {
+                                tracing::error!(error = %error, "cannot reopen the subscription stream");
+                                break;
+                            }
+                        }
+                    }
+                },
+            }
+        }
+        tracing::debug!("subscription stream stopped");
     }
 
     fn receive(&self, message: google_cloud_pubsub::model::Message, handler: Handler) {
@@ -305,8 +342,7 @@ impl<R: Reconcile> Runtime<R> {
             Err(error) => {
                 tracing::warn!(error = %error, message_id, "undecodable message; acknowledged and dropped");
                 self.inner.metrics.filtered.get_or_create(&self.inner.labels).inc();
-                handler.ack();
-                return;
+                return self.settle_ok(Acker::PubSub { handler, message_id });
             }
         };
         let attempt = match handler.delivery_attempt() {
@@ -329,20 +365,20 @@ impl<R: Reconcile> Runtime<R> {
         let inner = &self.inner;
         let event = &message.event;
         let Some(kind) = Kind::from_kind_name(&event.kind) else {
-            return settle_ok(acker);
+            return self.settle_ok(acker);
         };
         self.wake((kind, event.namespace.clone(), event.name.clone()));
         let platform = message.attributes.get("platform").map(String::as_str).unwrap_or_default();
         let event_kind = event.type_.rsplit('.').next().unwrap_or_default();
         if !inner.config.covers(kind, platform) || event_kind == "status" {
             inner.metrics.filtered.get_or_create(&inner.labels).inc();
-            return settle_ok(acker);
+            return self.settle_ok(acker);
         }
         if event_kind == "deleted" {
             let runtime = self.clone();
             let uid = event.uid;
             inner.tasks.spawn(async move { runtime.inner.reconciler.forget(kind, uid).await });
-            return settle_ok(acker);
+            return self.settle_ok(acker);
         }
         self.dispatch(kind, event.uid, Delivery { acker, attempt, message: Some(message.clone()) });
     }
@@ -388,8 +424,7 @@ impl<R: Reconcile> Runtime<R> {
                 Ok(action) => {
                     self.count("ok");
                     for delivery in deliveries {
-                        self.forget_attempts(&delivery.acker);
-                        settle_ok(delivery.acker);
+                        self.settle_ok(delivery.acker);
                     }
                     if let Action::Requeue(after) = action {
                         self.requeue(kind, uid, after);
@@ -418,9 +453,12 @@ impl<R: Reconcile> Runtime<R> {
         self.inner.metrics.reconciles.get_or_create(&labels).inc();
     }
 
-    fn forget_attempts(&self, acker: &Acker) {
-        if let Acker::PubSub { message_id, .. } = acker {
-            self.inner.attempts.lock().expect("attempts lock").remove(message_id);
+    /// Acknowledges a Pub/Sub message (a local delivery needs nothing) and forgets its delivery count.
+    fn settle_ok(&self, acker: Acker) {
+        if let Acker::PubSub { handler, message_id } = acker {
+            self.inner.attempts.lock().expect("attempts lock").remove(&message_id);
+            handler.ack();
+            self.inner.metrics.acked.get_or_create(&self.inner.labels).inc();
         }
     }
 
@@ -480,8 +518,7 @@ impl<R: Reconcile> Runtime<R> {
                 dead.attributes.insert("cls-controller".into(), inner.config.name.clone());
                 match bus.publish(std::slice::from_ref(&dead)).await.pop() {
                     Some(Ok(())) => {
-                        inner.attempts.lock().expect("attempts lock").remove(&message_id);
-                        handler.ack();
+                        self.settle_ok(Acker::PubSub { handler, message_id });
                     }
                     _ => {
                         tracing::warn!("dead-letter publish failed; the message stays on the subscription");
@@ -489,7 +526,7 @@ impl<R: Reconcile> Runtime<R> {
                     }
                 }
             }
-            (acker, _, _) => settle_ok(acker),
+            (acker, _, _) => self.settle_ok(acker),
         }
     }
 
@@ -677,7 +714,8 @@ impl<R: Reconcile> Runtime<R> {
         Ok(())
     }
 
-    /// Registers the controller, then heartbeats; the first success starts a resync of every covered object.
+    /// Registers the controller, then heartbeats; the first success starts a resync of every covered object (unless
+    /// `resync_on_start` is off).
     async fn heartbeat(self) {
         let inner = &self.inner;
         let spec = ControllerSpec {
@@ -693,7 +731,9 @@ impl<R: Reconcile> Runtime<R> {
                     if !registered {
                         registered = true;
                         tracing::info!("registered");
-                        inner.tasks.spawn(self.clone().resync());
+                        if inner.config.resync_on_start {
+                            inner.tasks.spawn(self.clone().resync());
+                        }
                     }
                     inner.config.heartbeat
                 }
@@ -734,12 +774,6 @@ impl<R: Reconcile> Runtime<R> {
 
 fn local(attempt: u32) -> Delivery {
     Delivery { acker: Acker::Local, attempt, message: None }
-}
-
-fn settle_ok(acker: Acker) {
-    if let Acker::PubSub { handler, .. } = acker {
-        handler.ack();
-    }
 }
 
 /// `cls-<controller>-dead-letter`.

@@ -37,6 +37,11 @@ pub struct ControllerConfig {
     pub heartbeat: Duration,
     /// How often the runtime re-checks an object whose preconditions are unmet (status events wake it sooner).
     pub precondition_recheck: Duration,
+    /// Whether the first registration queues every object of its kinds (repairs state outside after a restart).
+    /// A controller that keeps nothing outside may rely on the scheduler's periodic events instead.
+    pub resync_on_start: bool,
+    /// Streaming pulls opened on the Pub/Sub subscription (the emulator serves about 2,000 messages/s per stream).
+    pub streams: usize,
 }
 
 impl ControllerConfig {
@@ -54,6 +59,8 @@ impl ControllerConfig {
             max_backoff: Duration::from_secs(30),
             heartbeat: Duration::from_secs(30),
             precondition_recheck: Duration::from_secs(10),
+            resync_on_start: true,
+            streams: 1,
         }
     }
 

@@ -1,8 +1,9 @@
 //! `cls bench`: benchmarks that print their figure beside a baseline measured in the same run on the same
 //! PostgreSQL, and end with `ratio: R`. Each starts what it needs: its own PostgreSQL (or `DATABASE_URL`) and the
 //! API in this process on a loopback port. HTTP load comes from `wrk` (Debian package `wrk`), the baselines from
-//! `pgbench` against the same server.
+//! `pgbench` against the same server (`cls bench controller`: a plain Pub/Sub subscriber on the same emulator).
 
+mod controller;
 mod e2e;
 mod load;
 mod scheduler;
@@ -49,6 +50,25 @@ pub enum Bench {
         #[arg(long, default_value_t = 1_000_000)]
         objects: i64,
     },
+    /// One SDK controller process with a no-op reconcile consuming reconcile events of `--objects` Clusters from a
+    /// Pub/Sub emulator: reconciles/s and reconcile p50/p99, against a plain subscriber acking the same messages.
+    Controller {
+        /// More than the subscriber leases at once (10,000), so that deliveries of one object rarely coalesce.
+        #[arg(long, default_value_t = 12_000)]
+        objects: usize,
+        /// Reconcile events published (round-robin over the objects) before the controller starts.
+        #[arg(long, default_value_t = 24_000)]
+        messages: usize,
+        /// Reconciles running at once in the controller.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Streaming pulls of the controller (and of the baseline subscriber).
+        #[arg(long, default_value_t = 1)]
+        streams: usize,
+    },
+    /// The controller process of `cls bench controller` (started by it).
+    #[command(hide = true)]
+    ControllerProcess(controller::ProcessArgs),
 }
 
 /// The system under test: a database and the API serving it.
@@ -150,8 +170,35 @@ impl Environment {
     }
 }
 
+impl Environment {
+    /// Sends every request (16 at a time); fails on the first answer that is not a success.
+    pub async fn send_all(&self, requests: Vec<reqwest::RequestBuilder>) -> anyhow::Result<()> {
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(16));
+        let mut tasks = Vec::with_capacity(requests.len());
+        for request in requests {
+            let permit = semaphore.clone().acquire_owned().await?;
+            tasks.push(tokio::spawn(async move {
+                let _permit = permit;
+                let response = request.send().await?;
+                let status = response.status();
+                if !status.is_success() {
+                    bail!("request failed with {status}: {}", response.text().await.unwrap_or_default());
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        Ok(())
+    }
+}
+
 /// Runs one benchmark.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Bench::ControllerProcess(process) = args.which {
+        return controller::process(process).await;
+    }
     let environment = Environment::start(args.database_url.clone()).await.context("cannot start the benchmark")?;
     let result = match args.which {
         Bench::Read => load::read(&environment, args.duration).await,
@@ -160,6 +207,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Bench::Watch => watch::run(&environment).await,
         Bench::E2e => e2e::run(&environment).await,
         Bench::Scheduler { objects } => scheduler::run(&environment, objects, args.duration).await,
+        Bench::Controller { objects, messages, concurrency, streams } => {
+            controller::run(&environment, objects, messages, concurrency, streams).await
+        }
+        Bench::ControllerProcess(_) => unreachable!("handled above"),
     };
     environment.stop().await;
     result
