@@ -139,8 +139,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Api(args) => {
             let schedule = schedule_config(&args.schedule);
             let database_url = &args.database.database_url;
-            let tls = args.security.tls()?;
-            server::serve(database_url, args.listen, schedule, &args.security, Vec::new(), tls, shutdown, |_| {}).await
+            let settings = server::ApiSettings {
+                listen: args.listen,
+                schedule,
+                security: &args.security,
+                tokens: Vec::new(),
+                tls: args.security.tls()?,
+            };
+            server::serve(database_url, settings, shutdown, |_| {}).await
         }
         Command::Reconciler(args) => reconciler::run(args, shutdown).await,
         Command::Controller(args) => controller::run(args, shutdown).await,
@@ -189,17 +195,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         Err(error) => tracing::warn!(error = %error, "cannot write the kubeconfig"),
                     }
                 };
-                let served = server::serve(
-                    &database_url,
-                    args.listen,
+                let settings = server::ApiSettings {
+                    listen: args.listen,
                     schedule,
-                    &args.security,
-                    tokens.entries(),
-                    Some(tls),
-                    shutdown.clone(),
-                    write_kubeconfig,
-                )
-                .await;
+                    security: &args.security,
+                    tokens: tokens.entries(),
+                    tls: Some(tls),
+                };
+                let served = server::serve(&database_url, settings, shutdown.clone(), write_kubeconfig).await;
                 shutdown.cancel();
                 served
             };

@@ -78,18 +78,26 @@ pub async fn migrate_with_retries(pool: &sqlx::PgPool, shutdown: &CancellationTo
     }
 }
 
+/// How an API process serves, beyond its database.
+pub struct ApiSettings<'a> {
+    pub listen: SocketAddr,
+    pub schedule: cls_api::ScheduleConfig,
+    pub security: &'a SecurityArgs,
+    /// `(name, role, secret)` tokens stored before the API answers (those `cls up` makes).
+    pub tokens: Vec<(String, String, String)>,
+    /// HTTPS beside plain HTTP on the same port.
+    pub tls: Option<Arc<cls_api::http::tls::ServerConfig>>,
+}
+
 /// Serves the API on `listen` until `shutdown`, then drains in-flight requests. `/healthz` answers at once; the
 /// rest answers 503 until the migrations (run here, under an advisory lock) are done.
 pub async fn serve(
     database_url: &str,
-    listen: SocketAddr,
-    schedule: cls_api::ScheduleConfig,
-    security: &SecurityArgs,
-    tokens: Vec<(String, String, String)>,
-    tls: Option<Arc<cls_api::http::tls::ServerConfig>>,
+    settings: ApiSettings<'_>,
     shutdown: CancellationToken,
     on_listening: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
+    let ApiSettings { listen, schedule, security, tokens, tls } = settings;
     let auth = security.auth_config()?;
     if exposes_plain_http(listen, tls.is_some(), auth.gateway.is_some()) {
         tracing::warn!(

@@ -68,7 +68,7 @@ impl std::str::FromStr for GroupRole {
 
 /// The first mapping whose group the caller belongs to; the group `*` matches everyone.
 pub fn role_for_groups<'a>(mappings: &'a [GroupRole], groups: &[String]) -> Option<&'a GroupRole> {
-    mappings.iter().find(|mapping| mapping.group == "*" || groups.iter().any(|group| *group == mapping.group))
+    mappings.iter().find(|mapping| mapping.group == "*" || groups.contains(&mapping.group))
 }
 
 /// How callers authenticate.
