@@ -276,6 +276,18 @@ impl<R: Reconcile> Runtime<R> {
     }
 
     /// Consumes one streaming pull until shutdown, reopening it when it ends.
+    /// One new stream on `subscription` (created again when missing); `None` when shutting down or failing.
+    async fn reopen(&self, config: &PubSubConfig, subscription: &str) -> Option<MessageStream> {
+        match self.subscribe(config, subscription, 1).await {
+            Ok(Some(mut reopened)) if !reopened.is_empty() => Some(reopened.remove(0)),
+            Ok(_) => None,
+            Err(error) => {
+                tracing::error!(error = %error, "cannot reopen the subscription stream");
+                None
+            }
+        }
+    }
+
     async fn pull(self, config: PubSubConfig, subscription: String, mut stream: MessageStream) {
         let stop = self.inner.shutdown.clone();
         let mut admin = None;
@@ -296,13 +308,9 @@ impl<R: Reconcile> Runtime<R> {
                     let missing = config.subscription_missing(client, &subscription);
                     if tokio::time::timeout(SUBSCRIPTION_CHECK, missing).await.unwrap_or(false) {
                         tracing::warn!(subscription, "subscription is gone; subscribing again");
-                        match self.subscribe(&config, &subscription, 1).await {
-                            Ok(Some(mut reopened)) if !reopened.is_empty() => stream = reopened.remove(0),
-                            Ok(_) => break,
-                            Err(error) => {
-                                tracing::error!(error = %error, "cannot subscribe again");
-                                break;
-                            }
+                        match self.reopen(&config, &subscription).await {
+                            Some(reopened) => stream = reopened,
+                            None => break,
                         }
                     }
                 }
@@ -320,13 +328,9 @@ impl<R: Reconcile> Runtime<R> {
                     }
                     None => {
                         tracing::warn!("subscription stream ended; reopening");
-                        match self.subscribe(&config, &subscription, 1).await {
-                            Ok(Some(mut reopened)) if !reopened.is_empty() => stream = reopened.remove(0),
-                            Ok(_) => break,
-                            Err(error) => {
-                                tracing::error!(error = %error, "cannot reopen the subscription stream");
-                                break;
-                            }
+                        match self.reopen(&config, &subscription).await {
+                            Some(reopened) => stream = reopened,
+                            None => break,
                         }
                     }
                 },
