@@ -7,7 +7,7 @@
 //! they end by `timeoutSeconds`). Handlers find the identity in the request's extensions and decide what it may do
 //! with `cls_core::access`. A mutating request (POST, PUT, PATCH, DELETE) also gets an [`AuditNote`] in which the
 //! handler notes the object and its resourceVersions before and after; once the response is known, one audit record
-//! is written with the identity, the code and the request id, whether the request was allowed or not.
+//! with the identity, the code and the request id goes to the [`AuditLog`], whether the request was allowed or not.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -84,6 +84,69 @@ impl Limiter {
         limiter.check_key(&user.to_owned()).map_err(|not_until| {
             not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()))
         })
+    }
+}
+
+/// Audit records per statement at most.
+const AUDIT_BATCH: usize = 512;
+
+enum AuditCommand {
+    Record(AuditRecord),
+    /// Answered once every record sent before it is stored (or failed).
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The audit writer: requests hand their record over without waiting, and one task stores whatever has arrived
+/// meanwhile in one statement. A reader of the audit log flushes it first, so it sees every record this process
+/// has answered. Records still in memory when the process dies are lost (as are records whose statement fails
+/// while the database is down; the log says so).
+#[derive(Clone)]
+pub struct AuditLog {
+    sender: tokio::sync::mpsc::UnboundedSender<AuditCommand>,
+}
+
+impl AuditLog {
+    /// Starts the writer task (on the current Tokio runtime).
+    pub fn start(store: crate::store::Store) -> AuditLog {
+        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut records = Vec::new();
+            let mut flushes = Vec::new();
+            while let Some(command) = receiver.recv().await {
+                let mut next = Some(command);
+                while let Some(command) = next.take() {
+                    match command {
+                        AuditCommand::Record(record) => records.push(record),
+                        AuditCommand::Flush(done) => flushes.push(done),
+                    }
+                    if records.len() < AUDIT_BATCH {
+                        next = receiver.try_recv().ok();
+                    }
+                }
+                if let Err(error) = store.append_audit(&records).await {
+                    tracing::error!(error = %error, lost = records.len(), "cannot write audit records");
+                }
+                records.clear();
+                for done in flushes.drain(..) {
+                    let _ = done.send(());
+                }
+            }
+        });
+        AuditLog { sender }
+    }
+
+    fn append(&self, record: AuditRecord) {
+        if self.sender.send(AuditCommand::Record(record)).is_err() {
+            tracing::error!("the audit writer has stopped; a record is lost");
+        }
+    }
+
+    /// Waits until every record appended before is stored.
+    pub async fn flush(&self) {
+        let (done, stored) = tokio::sync::oneshot::channel();
+        if self.sender.send(AuditCommand::Flush(done)).is_ok() {
+            let _ = stored.await;
+        }
     }
 }
 
@@ -255,9 +318,7 @@ pub async fn guard(State(state): State<AppState>, mut request: Request, next: Ne
         record.time = Utc::now();
         record.user = user;
         record.code = i32::from(response.status().as_u16());
-        if let Err(error) = state.store.append_audit(&record).await {
-            tracing::error!(error = %error, "cannot write the audit record");
-        }
+        state.audit.append(record);
     }
     response
 }

@@ -41,6 +41,8 @@ pub struct AppState {
     pub auth: Authenticator,
     /// Per-identity rate limits and the request timeout.
     pub limiter: guard::Limiter,
+    /// Where the audit records of mutating requests go.
+    pub audit: guard::AuditLog,
 }
 
 impl AppState {
@@ -50,11 +52,13 @@ impl AppState {
         AppState::with_security(store, AuthConfig::default(), guard::Limits::default())
     }
 
-    /// State with the given authentication settings and limits.
+    /// State with the given authentication settings and limits; starts the audit writer, so it needs a Tokio
+    /// runtime.
     pub fn with_security(store: Store, auth: AuthConfig, limits: guard::Limits) -> Self {
         AppState {
             auth: Authenticator::new(store.clone(), auth),
             limiter: guard::Limiter::new(limits),
+            audit: guard::AuditLog::start(store.clone()),
             store,
             feed: Arc::new(ChangeFeed::new()),
             migrated: Arc::new(AtomicBool::new(true)),

@@ -124,6 +124,8 @@ async fn list_audit(
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
     admin(&identity, "read the audit log")?;
+    // every record this process has answered is stored before the page is read
+    state.audit.flush().await;
     let params: AuditParams = serde_urlencoded::from_str(raw.as_deref().unwrap_or_default().trim_start_matches('&'))
         .map_err(|error| ApiError::bad_request(format!("invalid query: {error}")))?;
     let limit = match params.limit {

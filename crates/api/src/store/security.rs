@@ -2,7 +2,7 @@
 //!
 //! Tokens are stored as the SHA-256 of their secret: a secret is 256 random bits, so a slow password hash would
 //! add nothing; the table alone does not let anyone authenticate. Revoked tokens stay listed with `revokedAt`.
-//! Audit records are appended one per mutating request, after its response is known.
+//! Audit records are appended in batches by the API's audit writer (`http::guard::AuditLog`).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -121,29 +121,34 @@ impl Store {
             .await?)
     }
 
-    /// Appends one audit record. Its commit does not wait for the WAL flush (`synchronous_commit` off for this
-    /// statement's transaction): the record follows a change that has committed already, so a crash can lose it
-    /// either way, and waiting would double the cost of every write.
-    pub async fn append_audit(&self, record: &AuditRecord) -> Result<()> {
-        sqlx::query(
+    /// Appends audit records in one statement. Its commit does not wait for the WAL flush (`synchronous_commit`
+    /// off for this statement's transaction): the records follow changes that have committed already, so a crash
+    /// can lose them either way, and waiting would double the cost of every write.
+    pub async fn append_audit(&self, records: &[AuditRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut builder = sqlx::QueryBuilder::new(
             "with relaxed as (select set_config('synchronous_commit', 'off', true))
              insert into audit (time, \"user\", verb, resource, namespace, name, uid, resource_version_before,
                                 resource_version_after, code, request_id)
-             select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 from relaxed",
-        )
-        .bind(record.time)
-        .bind(&record.user)
-        .bind(&record.verb)
-        .bind(&record.resource)
-        .bind(&record.namespace)
-        .bind(&record.name)
-        .bind(record.uid)
-        .bind(record.resource_version_before)
-        .bind(record.resource_version_after)
-        .bind(record.code)
-        .bind(&record.request_id)
-        .execute(&self.pool)
-        .await?;
+             select v.* from relaxed, (",
+        );
+        builder.push_values(records, |mut row, record| {
+            row.push_bind(record.time)
+                .push_bind(&record.user)
+                .push_bind(&record.verb)
+                .push_bind(&record.resource)
+                .push_bind(&record.namespace)
+                .push_bind(&record.name)
+                .push_bind(record.uid)
+                .push_bind(record.resource_version_before)
+                .push_bind(record.resource_version_after)
+                .push_bind(record.code)
+                .push_bind(&record.request_id);
+        });
+        builder.push(") as v");
+        builder.build().execute(&self.pool).await?;
         Ok(())
     }
 
