@@ -91,7 +91,7 @@ impl Limiter {
 const AUDIT_BATCH: usize = 512;
 
 enum AuditCommand {
-    Record(AuditRecord),
+    Record(Box<AuditRecord>),
     /// Answered once every record sent before it is stored (or failed).
     Flush(tokio::sync::oneshot::Sender<()>),
 }
@@ -116,7 +116,7 @@ impl AuditLog {
                 let mut next = Some(command);
                 while let Some(command) = next.take() {
                     match command {
-                        AuditCommand::Record(record) => records.push(record),
+                        AuditCommand::Record(record) => records.push(*record),
                         AuditCommand::Flush(done) => flushes.push(done),
                     }
                     if records.len() < AUDIT_BATCH {
@@ -136,7 +136,7 @@ impl AuditLog {
     }
 
     fn append(&self, record: AuditRecord) {
-        if self.sender.send(AuditCommand::Record(record)).is_err() {
+        if self.sender.send(AuditCommand::Record(Box::new(record))).is_err() {
             tracing::error!("the audit writer has stopped; a record is lost");
         }
     }
