@@ -1,6 +1,8 @@
 //! The built-in controllers end to end: the real `cls up` (API, reconciler, in-process bus, local-process and
 //! port-allocator) on a real PostgreSQL, driven over the thin REST API, with real processes on this host.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -61,9 +63,7 @@ impl Up {
         });
         let base = address.recv_timeout(Duration::from_secs(60)).expect("cls prints its address");
         let token = token.recv_timeout(Duration::from_secs(60)).expect("cls up prints its admin token");
-        let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().expect("a header value"));
-        let http = reqwest::Client::builder().default_headers(headers).build().expect("a client");
+        let http = common::client_with(&token);
         let up = Up { child, base, home, http, _db: db };
         up.eventually("cls up ready", || async {
             up.http.get(up.url("/readyz")).send().await.is_ok_and(|response| response.status() == 200)

@@ -14,6 +14,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+mod common;
 #[path = "kubectl/writes.rs"]
 mod writes;
 
@@ -87,10 +88,7 @@ impl Kube {
         tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
         let kubeconfig = kubeconfig.unwrap();
         assert_eq!(kubeconfig, cls_home.join("kubeconfig"), "cls up writes the kubeconfig into CLS_HOME");
-        let mut headers = reqwest::header::HeaderMap::new();
-        let bearer = format!("Bearer {}", token.expect("the admin token"));
-        headers.insert(reqwest::header::AUTHORIZATION, bearer.parse().expect("a header value"));
-        let http = reqwest::Client::builder().default_headers(headers).build().expect("a client");
+        let http = common::client_with(&token.expect("the admin token"));
         let kube = Kube { dir, kubeconfig, base: base.expect("address"), http, _cls: cls, _db: db };
         let deadline = tokio::time::Instant::now() + DEADLINE;
         while !kube.http.get(kube.url("/readyz")).send().await.is_ok_and(|response| response.status() == 200) {

@@ -172,10 +172,7 @@ async fn patch(
 pub fn may_update(identity: &Identity, current: &StoredObject, desired: &Manifest) -> ApiResult<()> {
     if desired.resource_version.is_some_and(|version| version != current.resource_version) {
         // stale: the store answers 409 (and stores nothing), so that a controller re-reads rather than giving up
-        return identity
-            .sees(current.kind, &current.namespace)
-            .then_some(())
-            .ok_or_else(|| ApiError::object_not_found(current.kind, &current.name));
+        return seen(identity, current);
     }
     let changed = desired.spec.to_value() != current.spec
         || desired.labels != current.labels
