@@ -191,3 +191,33 @@ async fn a_get_succeeds_after_the_database_dropped_every_connection_it_kept() {
     })
     .await;
 }
+
+/// Regression: on a fresh database the never-analyzed one-row `registry_epoch` was estimated at ~1,500 rows, every
+/// GET's cost crossed `jit_above_cost`, and each GET compiled its plan (~90 ms). The migrations leave statistics
+/// for it, and CLS's connections run without JIT.
+#[tokio::test]
+async fn a_fresh_database_plans_gets_cheaply_and_sessions_run_without_jit() {
+    bounded(async {
+        let db = cls_testkit::TestDb::new(&cls_api::store::MIGRATOR).await;
+        let estimate: f32 = sqlx::query_scalar("select reltuples from pg_class where relname = 'registry_epoch'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(estimate, 1.0, "registry_epoch has statistics saying one row");
+        let plan: Value = sqlx::query_scalar(
+            "explain (format json) select o.uid from objects o cross join registry_epoch e \
+             where o.kind = 'Cluster' and o.uid = gen_random_uuid()",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        let rows = plan[0]["Plan"]["Plan Rows"].as_f64().unwrap();
+        assert!(rows <= 1.0, "a GET's join is estimated at {rows} rows: {plan}");
+
+        let options = cls_api::store::connect_options(&db.url).unwrap();
+        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect_with(options).await.unwrap();
+        let jit: String = sqlx::query_scalar("show jit").fetch_one(&pool).await.unwrap();
+        assert_eq!(jit, "off");
+    })
+    .await;
+}

@@ -49,11 +49,10 @@ fn exposes_plain_http(listen: SocketAddr, tls: bool, gateway: bool) -> bool {
 /// long a request waits before its 503: one second, not the five it was (requests sent during a short outage hung
 /// until it ended instead of being answered). It also bounds the wait for a free connection under overload.
 pub fn pool(database_url: &str) -> anyhow::Result<sqlx::PgPool> {
-    PgPoolOptions::new()
+    Ok(PgPoolOptions::new()
         .max_connections(32)
         .acquire_timeout(Duration::from_secs(1))
-        .connect_lazy(database_url)
-        .context("invalid DATABASE_URL")
+        .connect_lazy_with(cls_api::store::connect_options(database_url).context("invalid DATABASE_URL")?))
 }
 
 /// Runs the migrations, retrying while the database is unreachable, until `shutdown` (which ends it quietly).

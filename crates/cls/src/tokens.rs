@@ -209,7 +209,11 @@ pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
 }
 
 async fn run_on_database(url: &str, action: TokenAction) -> anyhow::Result<()> {
-    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(url).await.context("cannot connect")?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(cls_api::store::connect_options(url).context("invalid DATABASE_URL")?)
+        .await
+        .context("cannot connect")?;
     cls_api::store::migrate(&pool).await?;
     let store = cls_api::Store::new(pool, cls_api::ScheduleConfig::default());
     match action {

@@ -40,6 +40,16 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations"
 /// Advisory lock key under which migrations run, so that replicas starting together migrate once.
 const MIGRATION_LOCK: i64 = 0x0c15_0001;
 
+/// The connection options for `database_url`, with the session settings every process of CLS wants.
+///
+/// `jit = off`: CLS runs short point queries. On a fresh database, whose small tables have no statistics yet, a GET's
+/// estimated cost crossed `jit_above_cost` and each one spent ~90 ms compiling (seen with auto_explain while seeding
+/// 3,000 Clusters: 6 s for 2,900, 21 s for 3,000).
+pub fn connect_options(database_url: &str) -> Result<sqlx::postgres::PgConnectOptions, sqlx::Error> {
+    let options: sqlx::postgres::PgConnectOptions = database_url.parse()?;
+    Ok(options.options([("jit", "off")]))
+}
+
 /// Runs the migrations under an advisory lock (idempotent).
 pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     let mut connection = pool.acquire().await?;

@@ -44,6 +44,8 @@ const PLATFORM: &str = "gcp";
 const RAW_SUBSCRIPTION: &str = "bench-raw";
 /// Messages leased at once by the baseline subscriber: the SDK's setting.
 const MAX_OUTSTANDING: i64 = 10_000;
+/// Messages published at once while building the backlog.
+const PUBLISH_CHUNK: usize = 100;
 /// A run that acknowledges nothing for this long has failed.
 const STALL: Duration = Duration::from_secs(30);
 
@@ -280,8 +282,10 @@ async fn publish(pubsub: &PubSubConfig, uids: &[String], messages: usize) -> any
             BusMessage::new(event, PLATFORM)
         })
         .collect();
-    // as the relay does: what the bus could not confirm is published again
-    for chunk in all.chunks(500) {
+    // as the relay does: what the bus could not confirm is published again. The publisher sends one request per
+    // ordering key (here: per message) and the emulator serves each request on a thread of its own, so the chunks
+    // stay small: 500 at once made it run thousands of threads and time out.
+    for chunk in all.chunks(PUBLISH_CHUNK) {
         let mut pending = chunk.to_vec();
         for attempt in 1.. {
             let results = bus.publish(&pending).await;
@@ -296,7 +300,7 @@ async fn publish(pubsub: &PubSubConfig, uids: &[String], messages: usize) -> any
             match last_error {
                 None => break,
                 Some(error) if attempt >= 10 => {
-                    return Err(anyhow::Error::new(error).context("publish to the emulator failed 10 times"));
+                    bail!("publish to the emulator failed 10 times: {error} ({error:?})");
                 }
                 Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }

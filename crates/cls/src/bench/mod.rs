@@ -98,7 +98,10 @@ impl Environment {
             Some(embedded) => embedded.bin_dir().to_path_buf(),
             None => postgres::find_binaries()?,
         };
-        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(64).connect(&database_url).await?;
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(64)
+            .connect_with(cls_api::store::connect_options(&database_url)?)
+            .await?;
         cls_api::store::migrate(&pool).await?;
         let store = cls_api::Store::new(pool.clone(), cls_api::ScheduleConfig::default());
         let token = cls_api::auth::generate_token();
