@@ -164,11 +164,7 @@ pub async fn write(environment: &Environment, duration: Duration) -> anyhow::Res
         .send()
         .await?
         .error_for_status()?;
-    // every report carries new data, so none is a no-op
-    let script = format!(
-        "local uids = {}\nlocal i = math.random(1, #uids)\nlocal n = 0\nlocal headers = {{[\"Content-Type\"] = \"application/json\", [\"Authorization\"] = auth}}\nrequest = function()\n  i = i % #uids + 1\n  n = n + 1\n  local body = '{{\"controller\":\"bench\",\"observedGeneration\":1,\"conditions\":[{{\"type\":\"Available\",\"status\":\"True\"}}],\"data\":{{\"n\":' .. n .. ',\"r\":' .. math.random(1, 1000000000) .. '}}}}'\n  return wrk.format(\"PUT\", \"/api/v1/clusters/\" .. uids[i] .. \"/status\", headers, body)\nend\n",
-        lua_list(&uids)
-    );
+    let script = write_script(&uids);
     let load = wrk(environment, &script, 8, duration).await?;
     let baseline = pgbench(environment, &["-N"], 8, duration).await?;
     drop_pgbench_tables(environment).await?;
@@ -179,6 +175,32 @@ pub async fn write(environment: &Environment, duration: Duration) -> anyhow::Res
     println!("baseline pgbench simple-update (-N), 8 clients: {baseline:.0} tps");
     println!("ratio: {:.2}", load.requests_per_second / baseline);
     Ok(())
+}
+
+/// PUTs of the `bench` controller's report round-robin over `uids`. Every report carries data no other request
+/// carries (wrk's threads each run their own Lua state with the same random sequence, so the thread's number is
+/// part of the data and of the starting point): none is a no-op.
+fn write_script(uids: &[String]) -> String {
+    format!(
+        r#"local uids = {}
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("id", threads)
+end
+local i = nil
+local n = 0
+local headers = {{["Content-Type"] = "application/json", ["Authorization"] = auth}}
+request = function()
+  if i == nil then i = (id * 7919) % #uids end
+  i = i % #uids + 1
+  n = n + 1
+  local body = '{{"controller":"bench","observedGeneration":1,"conditions":[{{"type":"Available","status":"True"}}],"data":{{"thread":' .. id .. ',"n":' .. n .. '}}}}'
+  return wrk.format("PUT", "/api/v1/clusters/" .. uids[i] .. "/status", headers, body)
+end
+"#,
+        lua_list(uids)
+    )
 }
 
 /// `cls bench list`.
