@@ -8,6 +8,8 @@
 //! run in parallel up to `concurrency`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,7 +35,8 @@ use crate::sdk::{Action, ControllerConfig, Outcome, Precondition, Reconcile, Rec
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// While no message arrived for this long, the runtime checks that its subscription still exists. One that vanished
 /// (an emulator restarted, a subscription expired) is created again at once: the subscriber's own stream resume backs
-/// off up to a minute and would then only report `NOT_FOUND`.
+/// off up to a minute and would then only report `NOT_FOUND`. Events published while it was missing never reach the
+/// new subscription, so its creation is followed by a resync of every covered object.
 const SUBSCRIPTION_CHECK: Duration = Duration::from_secs(2);
 
 /// Messages leased at once by the process (shared by its streaming pulls).
@@ -80,6 +83,23 @@ struct Delivery {
     acker: Acker,
     attempt: u32,
     message: Option<Arc<BusMessage>>,
+}
+
+/// The streaming pulls of a subscription, and whether this call created the subscription.
+struct Subscribed {
+    streams: Vec<MessageStream>,
+    created: bool,
+}
+
+/// A stream's pending `next()`, owning the stream so that it can outlive one `select!` (see `Runtime::pull`).
+type NextMessage = Pin<Box<dyn Future<Output = (MessageStream, Option<PulledMessage>)> + Send>>;
+type PulledMessage = google_cloud_pubsub::Result<(google_cloud_pubsub::model::Message, Handler)>;
+
+fn next_message(mut stream: MessageStream) -> NextMessage {
+    Box::pin(async move {
+        let received = stream.next().await;
+        (stream, received)
+    })
 }
 
 struct Slot {
@@ -198,10 +218,11 @@ impl<R: Reconcile> Runtime<R> {
             }
             Source::PubSub { config, subscription } => {
                 let subscription = subscription.unwrap_or_else(|| format!("cls-{}", inner.config.name));
-                let Some(streams) = self.subscribe(&config, &subscription, inner.config.streams.max(1)).await? else {
+                let Some(subscribed) = self.subscribe(&config, &subscription, inner.config.streams.max(1)).await?
+                else {
                     return Ok(());
                 };
-                for stream in streams {
+                for stream in subscribed.streams {
                     inner.tasks.spawn(self.clone().pull(config.clone(), subscription.clone(), stream));
                 }
                 loop {
@@ -228,12 +249,12 @@ impl<R: Reconcile> Runtime<R> {
         config: &PubSubConfig,
         subscription: &str,
         count: usize,
-    ) -> Result<Option<Vec<MessageStream>>, RuntimeError> {
+    ) -> Result<Option<Subscribed>, RuntimeError> {
         let inner = &self.inner;
         let mut delay = Duration::from_millis(200);
         loop {
             match self.try_subscribe(config, subscription, count).await {
-                Ok(streams) => return Ok(Some(streams)),
+                Ok(subscribed) => return Ok(Some(subscribed)),
                 Err(error) => tracing::warn!(error = %error, "waiting for pub/sub"),
             }
             tokio::select! {
@@ -249,14 +270,14 @@ impl<R: Reconcile> Runtime<R> {
         config: &PubSubConfig,
         subscription: &str,
         count: usize,
-    ) -> Result<Vec<MessageStream>, RuntimeError> {
+    ) -> Result<Subscribed, RuntimeError> {
         let inner = &self.inner;
         let wrap = |source| RuntimeError::PubSub { controller: inner.config.name.clone(), source };
         let topics = config.topic_admin().await.map_err(wrap)?;
         config.ensure_topic(&topics).await.map_err(wrap)?;
         let subscriptions = config.subscription_admin().await.map_err(wrap)?;
         let filter = inner.config.subscription_filter();
-        config.ensure_subscription(&subscriptions, subscription, &filter).await.map_err(wrap)?;
+        let created = config.ensure_subscription(&subscriptions, subscription, &filter).await.map_err(wrap)?;
         let mut dead_letter_config = config.clone();
         dead_letter_config.topic = dead_letter_topic(&inner.config.name);
         let dead_letter = PubSubBus::connect(dead_letter_config).await.map_err(wrap)?;
@@ -265,21 +286,28 @@ impl<R: Reconcile> Runtime<R> {
         tracing::info!(subscription, filter, streams = count, "subscribed");
         // the lease limit is the process's, shared by its streams
         let outstanding = (MAX_OUTSTANDING / count.max(1) as i64).max(1);
-        Ok((0..count)
+        let streams = (0..count)
             .map(|_| {
                 subscriber
                     .subscribe(config.subscription_path(subscription))
                     .set_max_outstanding_messages(outstanding)
                     .build()
             })
-            .collect())
+            .collect();
+        Ok(Subscribed { streams, created })
     }
 
-    /// Consumes one streaming pull until shutdown, reopening it when it ends.
-    /// One new stream on `subscription` (created again when missing); `None` when shutting down or failing.
+    /// One new stream on `subscription` (created again when missing, and then every covered object is resynced:
+    /// what was published while it was missing never reaches it); `None` when shutting down or failing.
     async fn reopen(&self, config: &PubSubConfig, subscription: &str) -> Option<MessageStream> {
         match self.subscribe(config, subscription, 1).await {
-            Ok(Some(mut reopened)) if !reopened.is_empty() => Some(reopened.remove(0)),
+            Ok(Some(mut subscribed)) if !subscribed.streams.is_empty() => {
+                if subscribed.created {
+                    tracing::warn!(subscription, "subscription created again; resyncing what it may have missed");
+                    self.inner.tasks.spawn(self.clone().resync());
+                }
+                Some(subscribed.streams.remove(0))
+            }
             Ok(_) => None,
             Err(error) => {
                 tracing::error!(error = %error, "cannot reopen the subscription stream");
@@ -288,12 +316,22 @@ impl<R: Reconcile> Runtime<R> {
         }
     }
 
-    async fn pull(self, config: PubSubConfig, subscription: String, mut stream: MessageStream) {
+    /// Consumes one streaming pull until shutdown, reopening it when it ends or its subscription is gone.
+    ///
+    /// The pending `next()` lives across the loop's iterations and is dropped only to replace its stream:
+    /// `MessageStream::next` is not cancel-safe while it opens the streaming pull (it waits there for the response
+    /// headers, which the emulator sends only with the first messages), and dropping it then cancels the RPC. The
+    /// emulator never learns of that cancel (its `onRstStreamRead` fails with a `NoSuchMethodError`): it keeps the
+    /// dead stream as a consumer and hands it messages, which then hold their ordering key for the 60 s stream ack
+    /// deadline. Polled in a `select!` beside the subscription check, that happened every check on a quiet new
+    /// subscription, for example after an emulator restart.
+    async fn pull(self, config: PubSubConfig, subscription: String, stream: MessageStream) {
         let stop = self.inner.shutdown.clone();
         let mut admin = None;
         let mut check = tokio::time::interval(SUBSCRIPTION_CHECK);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_message = Instant::now();
+        let mut next = next_message(stream);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -309,15 +347,16 @@ impl<R: Reconcile> Runtime<R> {
                     if tokio::time::timeout(SUBSCRIPTION_CHECK, missing).await.unwrap_or(false) {
                         tracing::warn!(subscription, "subscription is gone; subscribing again");
                         match self.reopen(&config, &subscription).await {
-                            Some(reopened) => stream = reopened,
+                            Some(reopened) => next = next_message(reopened),
                             None => break,
                         }
                     }
                 }
-                next = stream.next() => match next {
+                (stream, received) = &mut next => match received {
                     Some(Ok((message, handler))) => {
                         last_message = Instant::now();
-                        self.receive(message, handler)
+                        next = next_message(stream);
+                        self.receive(message, handler);
                     }
                     Some(Err(error)) => {
                         tracing::warn!(error = %error, "subscription stream failed; retrying");
@@ -325,11 +364,12 @@ impl<R: Reconcile> Runtime<R> {
                             _ = stop.cancelled() => break,
                             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                         }
+                        next = next_message(stream);
                     }
                     None => {
                         tracing::warn!("subscription stream ended; reopening");
                         match self.reopen(&config, &subscription).await {
-                            Some(reopened) => stream = reopened,
+                            Some(reopened) => next = next_message(reopened),
                             None => break,
                         }
                     }

@@ -446,3 +446,88 @@ async fn a_gcp_clusters_events_never_reach_a_local_controllers_reconcile_althoug
     .await
     .expect("the test finished in time");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_after_a_quiet_spell_on_a_new_subscription_are_all_delivered_at_once() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        // Arrange: a controller whose fresh subscription stays quiet for several subscription checks. Its streaming
+        // pull has received nothing yet (the emulator answers its headers only with the first messages), which is
+        // where a cancelled pull used to be left behind on the emulator, taking a share of the messages.
+        let env = Env::start(PubSubEmulator::shared()).await;
+        let name = unique("quiet");
+        let config = ControllerConfig::new(&name, &[Kind::Cluster]).platforms(&["local"]);
+        let reconciler = Scripted::default();
+        env.run_controller(config, reconciler.clone(), Metrics::new()).await;
+        tokio::time::sleep(Duration::from_millis(6_500)).await;
+
+        // Act: a dozen Clusters, one ordering key each.
+        let mut clusters = Vec::new();
+        for index in 0..12 {
+            clusters.push(env.cluster(&format!("quiet-{index}"), "local").await);
+        }
+
+        // Assert: every one is reconciled within seconds (a message handed to a dead stream waits for its 60 s ack
+        // deadline).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut pending = clusters.clone();
+        while !pending.is_empty() && Instant::now() < deadline {
+            let mut still = Vec::new();
+            for cluster in pending {
+                if !env.available(&cluster, &name).await {
+                    still.push(cluster);
+                }
+            }
+            pending = still;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let names: Vec<&str> = pending.iter().map(|cluster| cluster.name.as_str()).collect();
+        assert!(names.is_empty(), "not reconciled 10 s after their events: {names:?}");
+    })
+    .await
+    .expect("the test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_object_whose_event_was_published_while_the_subscription_was_gone_is_reconciled_once_it_is_back() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        // Arrange: a controller running, and a probe subscription that sees every event of the topic.
+        let env = Env::start(PubSubEmulator::shared()).await;
+        let name = unique("gone");
+        let config = ControllerConfig::new(&name, &[Kind::Cluster]).platforms(&["local"]);
+        let stop = CancellationToken::new();
+        let _stop = stop.clone().drop_guard();
+        let probe = collect(&env.events, &env.events.topic, "", stop).await;
+        let reconciler = Scripted::default();
+        env.run_controller(config, reconciler.clone(), Metrics::new()).await;
+        let admin = env.events.subscription_admin().await.expect("subscription admin");
+        let subscription = format!("cls-{name}");
+
+        // Act: delete the controller's subscription and create a Cluster, until its event was published while the
+        // subscription was missing (the controller may create it again first).
+        let mut attempt = 0;
+        let missed = loop {
+            attempt += 1;
+            assert!(attempt <= 5, "the controller always recreated its subscription before the publish");
+            admin
+                .delete_subscription()
+                .set_subscription(env.events.subscription_path(&subscription))
+                .send()
+                .await
+                .expect("subscription deleted");
+            let cluster = env.cluster(&format!("missed-{attempt}"), "local").await;
+            eventually("the probe to receive the Cluster's event", || async {
+                probe.lock().unwrap().iter().any(|message| message.event.uid == cluster.uid)
+            })
+            .await;
+            if env.events.subscription_missing(&admin, &subscription).await {
+                break cluster;
+            }
+        };
+
+        // Assert: the controller creates its subscription again and reconciles the Cluster although its only event
+        // never reached the subscription (no scheduler runs here to send another).
+        eventually("the missed Cluster to become Available", || env.available(&missed, &name)).await;
+    })
+    .await
+    .expect("the test finished in time");
+}

@@ -110,8 +110,8 @@ impl PubSubConfig {
 
     /// Creates a subscription on the topic unless it exists: message ordering on, and `filter` (for example
     /// `attributes.platform = "gcp"`) when not empty. Subscribers check the attributes too: the emulator accepts a
-    /// filter without applying it.
-    pub async fn ensure_subscription(&self, admin: &SubscriptionAdmin, name: &str, filter: &str) -> Result<()> {
+    /// filter without applying it. Answers whether this call created it (then nothing published before reached it).
+    pub async fn ensure_subscription(&self, admin: &SubscriptionAdmin, name: &str, filter: &str) -> Result<bool> {
         let path = self.subscription_path(name);
         let subscription = Subscription::new()
             .set_name(&path)
@@ -120,8 +120,8 @@ impl PubSubConfig {
             .set_ack_deadline_seconds(30)
             .set_filter(filter);
         match admin.create_subscription().with_request(subscription).send().await {
-            Ok(_) => Ok(()),
-            Err(error) if has_code(&error, Code::AlreadyExists) => Ok(()),
+            Ok(_) => Ok(true),
+            Err(error) if has_code(&error, Code::AlreadyExists) => Ok(false),
             Err(source) => Err(BusError::Admin { resource: path, source }),
         }
     }
