@@ -176,7 +176,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             let (api_address_sender, mut api_address) = tokio::sync::watch::channel(None);
-            let (database_url, embedded) = match args.database_url {
+            // `DATABASE_URL=` (set but empty) means unset, as in most tools
+            let (database_url, embedded) = match args.database_url.filter(|url| !url.trim().is_empty()) {
                 Some(url) => (url, None),
                 None => {
                     let embedded = tokio::task::spawn_blocking(move || postgres::Embedded::start(&home)).await??;
@@ -217,8 +218,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 if !args.builtin_controllers {
                     return Ok(());
                 }
-                let Ok(address) = api_address.wait_for(Option::is_some).await.map(|address| address.expect("some"))
-                else {
+                // the API may fail before it serves (then `shutdown` is cancelled): nothing to wait for
+                let address = tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    address = api_address.wait_for(Option::is_some) => address,
+                };
+                let Ok(address) = address.map(|address| address.expect("some")) else {
                     return Ok(());
                 };
                 controller::run_for_up(

@@ -50,7 +50,8 @@ async fn cls_up_without_a_database_url_runs_its_own_postgres_and_keeps_the_data_
         .expect("cls up logs its PostgreSQL data directory");
     assert!(!postgres_running(&data_dir), "embedded PostgreSQL still running after cls up stopped");
 
-    let second = Cls::start(&["up"], &[("CLS_HOME", &home_text)]);
+    // set but empty counts as unset (it did not: `cls up` failed on the empty URL)
+    let second = Cls::start(&["up"], &[("CLS_HOME", &home_text), ("DATABASE_URL", "")]);
     let fresh = second.up_client();
     second.wait_ready().await;
     let listed: Value = fresh.get(second.url("/api/v1/clusters")).send().await.unwrap().json().await.unwrap();
@@ -63,6 +64,37 @@ async fn cls_up_without_a_database_url_runs_its_own_postgres_and_keeps_the_data_
     if let Some(base) = data_dir.parent().filter(|base| base.starts_with("/var/lib/cls")) {
         let _ = std::fs::remove_dir_all(base);
     }
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+/// Regression: when the API of `cls up` failed before serving, the built-in controllers waited for its address
+/// forever and `cls up` hung silently (even through SIGTERM) instead of exiting with the error.
+#[test]
+fn cls_up_with_a_malformed_database_url_exits_with_the_error() {
+    let home = tempdir();
+    let mut child = Command::new(BINARY)
+        .args(["up", "--listen", "127.0.0.1:0"])
+        .env("DATABASE_URL", "not a url")
+        .env("CLS_HOME", &home)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("cls up with a malformed DATABASE_URL still runs after 30 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains("invalid DATABASE_URL"), "{stderr}");
     let _ = std::fs::remove_dir_all(&home);
 }
 
