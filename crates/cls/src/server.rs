@@ -3,7 +3,7 @@
 use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -108,8 +108,9 @@ pub async fn serve(
     }
     let pool = pool(database_url)?;
     let store = cls_api::Store::new(pool.clone(), schedule);
-    let mut state = cls_api::AppState::with_security(store, auth, security.limits());
-    state.migrated = Arc::new(AtomicBool::new(false));
+    let state = cls_api::AppState::with_security(store, auth, security.limits());
+    // nothing has read it yet: until the migrations ran, only /healthz and /metrics answer
+    state.migrated.store(false, Ordering::Release);
     let migrated = state.migrated.clone();
     let feed = state.feed.clone();
     let store = state.store.clone();
