@@ -15,6 +15,7 @@ use axum::routing::get;
 use clap::{Args, ValueEnum};
 use cls_controllers::local_process::{self, LocalProcess};
 use cls_controllers::{ApiClient, Metrics, Runtime, Source, port_allocator};
+use cls_core::Kind;
 use cls_reconciler::{InProcessBus, PubSubConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -187,3 +188,32 @@ pub async fn run_for_up(
     ports_result?;
     Ok(())
 }
+
+/// Waits until every controller of `names` is registered with the API at `api_address` (at most
+/// [`REGISTRATION_WAIT`]; a warning then), or until `shutdown`.
+pub async fn wait_registered(api_address: SocketAddr, token: &str, names: &[&str], shutdown: &CancellationToken) {
+    let api = ApiClient::new(format!("http://{api_address}")).with_token(token);
+    let deadline = tokio::time::Instant::now() + REGISTRATION_WAIT;
+    loop {
+        let mut missing = Vec::new();
+        for name in names {
+            if !matches!(api.find(Kind::Controller, "", name).await, Ok(Some(_))) {
+                missing.push(*name);
+            }
+        }
+        if missing.is_empty() {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(?missing, "built-in controllers not registered yet; objects may be Ready without them");
+            return;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+        }
+    }
+}
+
+/// How long `cls up` waits for its built-in controllers to register before it says it is ready anyway.
+const REGISTRATION_WAIT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
 
 pub use controller::ControllerArgs;
 pub use reconciler::{PubSubArgs, ReconcilerArgs};
@@ -175,7 +176,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     (config, Some(certificates.ca_pem))
                 }
             };
-            let (api_address_sender, mut api_address) = tokio::sync::watch::channel(None);
+            let (api_address_sender, api_address) = tokio::sync::watch::channel(None);
             // `DATABASE_URL=` (set but empty) means unset, as in most tools
             let (database_url, embedded) = match args.database_url.filter(|url| !url.trim().is_empty()) {
                 Some(url) => (url, None),
@@ -186,15 +187,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let serve = async {
                 let write_kubeconfig = |address| {
-                    let _ = api_address_sender.send(Some(address));
-                    match kubeconfig::write(&kubeconfig_home, address, &tokens.admin, authority.as_deref()) {
-                        Ok(path) => {
-                            println!("kubectl is ready: export KUBECONFIG={}", path.display());
-                            println!("then: kubectl apply -f examples/ && kubectl get clusters,services");
-                            println!("dashboard: http://{address}/ui#token={}", tokens.admin);
-                        }
-                        Err(error) => tracing::warn!(error = %error, "cannot write the kubeconfig"),
-                    }
+                    let written = kubeconfig::write(&kubeconfig_home, address, &tokens.admin, authority.as_deref())
+                        .inspect_err(|error| tracing::warn!(error = %error, "cannot write the kubeconfig"))
+                        .ok();
+                    let _ = api_address_sender.send(Some((address, written)));
                 };
                 let settings = server::ApiSettings {
                     listen: args.listen,
@@ -219,11 +215,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     return Ok(());
                 }
                 // the API may fail before it serves (then `shutdown` is cancelled): nothing to wait for
-                let address = tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    address = api_address.wait_for(Option::is_some) => address,
-                };
-                let Ok(address) = address.map(|address| address.expect("some")) else {
+                let Some((address, _)) = serving(api_address.clone(), &shutdown).await else {
                     return Ok(());
                 };
                 controller::run_for_up(
@@ -236,7 +228,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 )
                 .await
             };
-            let (served, reconciled, controlled) = tokio::join!(serve, reconciler, controllers);
+            // "ready" once the API serves and the built-in controllers are registered: until a controller is
+            // registered it is in no required set, and a Service applied meanwhile could be Ready without it
+            let announce = async {
+                let Some((address, kubeconfig)) = serving(api_address.clone(), &shutdown).await else { return };
+                if args.builtin_controllers {
+                    let names = [cls_controllers::local_process::NAME, cls_controllers::port_allocator::NAME];
+                    controller::wait_registered(address, &tokens.admin, &names, &shutdown).await;
+                }
+                if let Some(path) = kubeconfig {
+                    println!("kubectl is ready: export KUBECONFIG={}", path.display());
+                    println!("then: kubectl apply -f examples/ && kubectl get clusters,services");
+                }
+                println!("dashboard: http://{address}/ui#token={}", tokens.admin);
+            };
+            let (served, reconciled, controlled, ()) = tokio::join!(serve, reconciler, controllers, announce);
             if let Err(error) = reconciled {
                 tracing::error!(error = %error, "reconciler failed");
             }
@@ -248,6 +254,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             served
         }
+    }
+}
+
+/// The API's address and the kubeconfig written for it, once `cls up`'s API serves; `None` when it stopped first.
+async fn serving(
+    mut api_address: tokio::sync::watch::Receiver<Option<(SocketAddr, Option<PathBuf>)>>,
+    shutdown: &CancellationToken,
+) -> Option<(SocketAddr, Option<PathBuf>)> {
+    tokio::select! {
+        _ = shutdown.cancelled() => None,
+        served = api_address.wait_for(Option::is_some) => served.ok().and_then(|served| served.clone()),
     }
 }
 

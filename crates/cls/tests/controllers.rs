@@ -69,17 +69,17 @@ impl Up {
             up.http.get(up.url("/readyz")).send().await.is_ok_and(|response| response.status() == 200)
         })
         .await;
-        // Until a controller is registered it is not in any required set: an object could be Ready without it.
-        up.eventually("both built-in controllers registered", || async {
-            let Ok(response) = up.http.get(up.url("/api/v1/controllers")).send().await else { return false };
-            let Ok(list) = response.json::<Value>().await else { return false };
-            let names: Vec<&str> = list["items"]
-                .as_array()
-                .map(|items| items.iter().filter_map(|item| item["metadata"]["name"].as_str()).collect())
-                .unwrap_or_default();
-            names.contains(&"local-process") && names.contains(&"port-allocator")
-        })
-        .await;
+        // Until a controller is registered it is in no required set, so an object applied then could be Ready
+        // without it: `cls up` prints its dashboard link (and "kubectl is ready") only once both are registered.
+        let list: Value = up.http.get(up.url("/api/v1/controllers")).send().await.unwrap().json().await.unwrap();
+        let names: Vec<&str> = list["items"]
+            .as_array()
+            .map(|items| items.iter().filter_map(|item| item["metadata"]["name"].as_str()).collect())
+            .unwrap_or_default();
+        assert!(
+            names.contains(&"local-process") && names.contains(&"port-allocator"),
+            "cls up said it was ready before its controllers registered: {names:?}"
+        );
         up
     }
 
