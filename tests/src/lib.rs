@@ -38,6 +38,19 @@ pub use db::TestDb;
 pub use pubsub::PubSubEmulator;
 pub use server::PgServer;
 
+/// Waits until `probe` answers true, polling every 25 ms, or panics after `limit` naming `what` was awaited.
+pub async fn eventually<F, Fut>(limit: std::time::Duration, what: &str, probe: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    while !probe().await {
+        assert!(std::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::{BufRead, BufReader};

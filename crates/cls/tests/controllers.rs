@@ -119,11 +119,7 @@ impl Up {
         F: Fn() -> Fut,
         Fut: Future<Output = bool>,
     {
-        let deadline = Instant::now() + WAIT;
-        while !probe().await {
-            assert!(Instant::now() < deadline, "timed out after {WAIT:?} waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        cls_testkit::eventually(WAIT, what, probe).await;
     }
 
     /// Waits until the object is Ready at its current generation and answers it.

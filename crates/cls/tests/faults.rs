@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use cls_api::store::MIGRATOR;
 use cls_core::event::Event;
 use cls_reconciler::PubSubConfig;
+use cls_testkit::eventually;
 use cls_testkit::{PgServer, PubSubEmulator, TestDb};
 use common::Cls;
 use reqwest::StatusCode;
@@ -64,19 +65,6 @@ async fn start(args: &[&str], envs: &[(&str, &str)]) -> Cls {
     })
     .await
     .expect("cls started")
-}
-
-/// Waits until `probe` answers true, or panics after `limit`.
-async fn eventually<F, Fut>(limit: Duration, what: &str, probe: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !probe().await {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn cluster_manifest(name: &str, region: &str) -> Value {

@@ -254,11 +254,7 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = Instant::now() + WAIT;
-    while !probe().await {
-        assert!(Instant::now() < deadline, "timed out after {WAIT:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    cls_testkit::eventually(WAIT, what, probe).await;
 }
 
 /// A controller name of this test's own (the emulator, its topics and subscriptions are shared by the process).

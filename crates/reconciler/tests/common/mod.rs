@@ -178,16 +178,3 @@ impl Collector {
         }
     }
 }
-
-/// Waits until `probe` answers true, or panics after `limit`.
-pub async fn eventually<F, Fut>(limit: Duration, what: &str, probe: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !probe().await {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
