@@ -48,9 +48,7 @@ fn http(database_url: &str) -> reqwest::Client {
             }
         }
     };
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().expect("a header value"));
-    reqwest::Client::builder().timeout(Duration::from_secs(15)).default_headers(headers).build().expect("http client")
+    common::client_builder_with(&token).timeout(Duration::from_secs(15)).build().expect("http client")
 }
 
 /// Starts `cls ARGS` off the async threads (it blocks until the process prints its address).

@@ -177,9 +177,14 @@ pub fn create_token(database_url: &str, role: &str, namespaces: &[&str]) -> Stri
 
 /// A client that sends `token` with every request.
 pub fn client_with(token: &str) -> reqwest::Client {
+    client_builder_with(token).build().expect("a client")
+}
+
+/// A client builder that sends `token` as a bearer token with every request (for further settings).
+pub fn client_builder_with(token: &str) -> reqwest::ClientBuilder {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().expect("a header value"));
-    reqwest::Client::builder().default_headers(headers).build().expect("a client")
+    reqwest::Client::builder().default_headers(headers)
 }
 
 /// A client with a new admin token of `database_url`.
