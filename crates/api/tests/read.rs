@@ -221,3 +221,58 @@ async fn a_fresh_database_plans_gets_cheaply_and_sessions_run_without_jit() {
     })
     .await;
 }
+
+/// Concurrent GETs share statements (one per kind and key shape in each batch): every GET must still get its own
+/// object, by uid and by name and across kinds, a missing one (another namespace, another kind's uid, an unknown
+/// uid) 404, and a stale aggregate its recomputed status.
+#[tokio::test]
+async fn concurrent_gets_sharing_statements_each_answer_their_own_object() {
+    bounded(async {
+        let api = TestApi::start().await;
+        api.register("infra", &["Cluster"], &["gcp"]).await;
+        let mut clusters = Vec::new();
+        for index in 0..20 {
+            clusters.push(api.create_cluster(&format!("c{index}"), "gcp").await);
+        }
+        let service = api.create_service("web", "c0").await;
+        // each object's first read caches its aggregate, so that the shared statements render them
+        for object in clusters.iter().chain([&service]) {
+            let kind = if object["kind"] == "Service" { Kind::Service } else { Kind::Cluster };
+            api.store.get_json(kind, &ObjectKey::Uid(uid(object).parse().expect("a uuid"))).await.expect("cached");
+        }
+        let (status, _) = api.report("clusters", &uid(&clusters[1]), "infra", 1, true).await;
+        assert_eq!(status, StatusCode::OK, "c1's cached aggregate is stale after this report");
+
+        let uid_of = |object: &Value| ObjectKey::Uid(uid(object).parse().expect("a uuid"));
+        let mut cases: Vec<(Kind, ObjectKey, Option<String>)> = Vec::new();
+        for (index, cluster) in clusters.iter().enumerate() {
+            let name = format!("c{index}");
+            cases.push((Kind::Cluster, uid_of(cluster), Some(name.clone())));
+            cases.push((Kind::Cluster, ObjectKey::name("default", &name), Some(name.clone())));
+            cases.push((Kind::Cluster, ObjectKey::Uid(uuid::Uuid::new_v4()), None));
+            cases.push((Kind::Cluster, ObjectKey::name("elsewhere", &name), None));
+            cases.push((Kind::Service, uid_of(cluster), None));
+        }
+        cases.push((Kind::Service, uid_of(&service), Some("web".into())));
+        cases.push((Kind::Service, ObjectKey::name("default", "web"), Some("web".into())));
+
+        let rounds: Vec<&(Kind, ObjectKey, Option<String>)> = (0..5).flat_map(|_| cases.iter()).collect();
+        let answers =
+            futures::future::join_all(rounds.iter().map(|(kind, key, _)| api.store.get_json(*kind, key))).await;
+        for ((kind, key, expected), answer) in rounds.into_iter().zip(answers) {
+            match (expected, answer) {
+                (Some(name), Ok(found)) => {
+                    let body: Value = serde_json::from_slice(&found.body).expect("a JSON body");
+                    assert_eq!(body["metadata"]["name"], name.as_str(), "{kind:?} {key:?}");
+                    assert_eq!(body["kind"], kind.as_str(), "{kind:?} {key:?}");
+                    if name == "c1" {
+                        assert_eq!(condition(&body, "Ready")["status"], "True", "recomputed: {body}");
+                    }
+                }
+                (None, Err(cls_api::store::StoreError::NotFound { .. })) => {}
+                (expected, answer) => panic!("{kind:?} {key:?}: expected {expected:?}, got {answer:?}"),
+            }
+        }
+    })
+    .await;
+}

@@ -2,8 +2,8 @@
 //!
 //! sqlx's pool sends a round trip to the server when it hands a connection out (`test_before_acquire`) and
 //! another when it takes one back (always, to make sure a dropped query left it clean): two round trips beside a
-//! GET's one query, each waking a PostgreSQL backend. GETs instead take a connection from this small stack and put
-//! it back after a query that succeeded, without a round trip.
+//! GET's one query, each waking a PostgreSQL backend. GETs' shared statements instead take a connection from this
+//! small stack and put it back after a query that succeeded, without a round trip.
 //!
 //! Guarantees: at most `limit` connections are held here (taken from the pool, so they count against its maximum);
 //! GETs beyond that wait for one (FIFO). A connection is used at most [`RECYCLE_AFTER`] before it goes back through

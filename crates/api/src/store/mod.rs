@@ -7,6 +7,7 @@
 //! Reads fetch the row and, only when the cached aggregate is stale, the reports in the same statement; the fresh
 //! aggregate is then cached with a compare-and-set on `status_seq`, so a report racing a read is never lost.
 
+mod batch;
 mod connections;
 pub mod feed;
 mod object;
@@ -184,8 +185,8 @@ pub struct Store {
     pool: sqlx::PgPool,
     schedule: ScheduleConfig,
     registry: RegistryCache,
-    /// Connections GETs keep out of the pool's acquire and release round trips.
-    reads: ReadConnections,
+    /// Concurrent GETs' shared statements.
+    gets: batch::Batcher<read::GetItem, read::Fetched>,
     /// Writes run to the end and roll back (`dryRun=All`).
     dry_run: bool,
     /// Counts committed writes: the change feed and the notifier wait on it.
@@ -195,12 +196,12 @@ pub struct Store {
 impl Store {
     pub fn new(pool: sqlx::PgPool, schedule: ScheduleConfig) -> Self {
         let (committed, _) = watch::channel(0);
-        let reads = ReadConnections::for_pool(&pool);
+        let gets = read::get_batcher(pool.clone(), ReadConnections::for_pool(&pool));
         Store {
             pool,
             schedule,
             registry: RegistryCache::default(),
-            reads,
+            gets,
             dry_run: false,
             committed: Arc::new(committed),
         }

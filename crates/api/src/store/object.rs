@@ -84,14 +84,38 @@ fn select_json_sql(kind: Kind, by_uid: bool) -> String {
     )
 }
 
+/// The query of several GETs of one kind and key shape, answering `o.uid` first and then the columns of
+/// [`select_json_sql`]: `$1` holds the uids, or `$1, $2` the namespaces and names (pairwise).
+fn select_json_batch_sql(kind: Kind, by_uid: bool) -> String {
+    let single = select_json_sql(kind, by_uid);
+    let key = if by_uid {
+        "o.uid in (select unnest($1::uuid[]))"
+    } else {
+        "(o.namespace, o.name) in (select * from unnest($1::text[], $2::text[]))"
+    };
+    let single_key = if by_uid { "o.uid = $1" } else { "o.namespace = $1 and o.name = $2" };
+    single.replacen("select ", "select o.uid, ", 1).replace(single_key, key)
+}
+
 /// The GET queries, one per kind and key shape, built once (they are prepared once per connection).
 static SELECT_JSON: LazyLock<[[String; 2]; 3]> =
     LazyLock::new(|| Kind::ALL.map(|kind| [select_json_sql(kind, true), select_json_sql(kind, false)]));
+
+/// The batched GET queries, as [`SELECT_JSON`].
+static SELECT_JSON_BATCH: LazyLock<[[String; 2]; 3]> =
+    LazyLock::new(|| Kind::ALL.map(|kind| [select_json_batch_sql(kind, true), select_json_batch_sql(kind, false)]));
 
 /// The GET query of `kind` by uid (`$1`) or by namespace and name (`$1`, `$2`).
 pub(crate) fn select_json(kind: Kind, by_uid: bool) -> &'static str {
     let index = Kind::ALL.iter().position(|each| *each == kind).unwrap_or_default();
     &SELECT_JSON[index][usize::from(!by_uid)]
+}
+
+/// The GET query of several objects of `kind` by uid (`$1`, an array) or by namespace and name (`$1`, `$2`,
+/// arrays of the same length); its rows start with the uid.
+pub(crate) fn select_json_batch(kind: Kind, by_uid: bool) -> &'static str {
+    let index = Kind::ALL.iter().position(|each| *each == kind).unwrap_or_default();
+    &SELECT_JSON_BATCH[index][usize::from(!by_uid)]
 }
 
 /// One object as a GET answers it: its JSON body, and the fields that authorization needs.

@@ -7,10 +7,12 @@ use cls_core::Kind;
 use cls_core::selector::{FieldRequirement, FieldSelector, LabelRequirement, LabelSelector};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sqlx::{Postgres, QueryBuilder};
+use sqlx::{PgExecutor, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::object::{CacheWrite, ObjectJson, ObjectRow, select_json, select_object};
+use super::batch::{BatchFuture, Batcher};
+use super::connections::ReadConnections;
+use super::object::{CacheWrite, ObjectJson, ObjectRow, select_json, select_json_batch, select_object};
 use super::{ObjectKey, Result, Store, StoreError, StoredObject, is_connection_error};
 
 /// Lists hold at most this many items per page.
@@ -157,6 +159,125 @@ pub(crate) fn now_seconds() -> jiff::Timestamp {
     jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).expect("now is a valid timestamp")
 }
 
+/// A GET's row: the object's namespace and name, and its JSON when the cached aggregate is fresh.
+pub(crate) type JsonRow = (String, String, Option<String>);
+
+/// One GET waiting for a shared statement.
+pub(crate) struct GetItem {
+    kind: Kind,
+    key: ObjectKey,
+}
+
+/// What a shared statement answers one GET.
+pub(crate) enum Fetched {
+    Found(JsonRow),
+    Missing,
+    /// The statement failed; the GET runs its own.
+    Failed,
+}
+
+/// GETs running at once in shared statements; more wait and go together in the next one.
+const GET_RUNNERS: usize = 2;
+/// GETs in one shared statement at most.
+const GET_BATCH: usize = 64;
+
+/// The batcher of [`Store::get_json`]: GETs arriving while others are in the database share the next statement,
+/// one per kind and key shape (`o.uid = any($1)`, or namespace and name pairs from `unnest`). Statements run on
+/// the kept connections of `reads`; a lone GET runs the one-row query.
+pub(crate) fn get_batcher(pool: PgPool, reads: ReadConnections) -> Batcher<GetItem, Fetched> {
+    Batcher::new(GET_RUNNERS, GET_BATCH, move |items: Vec<GetItem>| {
+        let (pool, reads) = (pool.clone(), reads.clone());
+        Box::pin(async move { fetch_json_batch(&pool, &reads, items).await }) as BatchFuture<Fetched>
+    })
+}
+
+async fn fetch_json_batch(pool: &PgPool, reads: &ReadConnections, items: Vec<GetItem>) -> Vec<Fetched> {
+    let mut outputs: Vec<Fetched> = items.iter().map(|_| Fetched::Failed).collect();
+    let mut shapes: Vec<(Kind, bool)> = Vec::new();
+    for item in &items {
+        let shape = (item.kind, matches!(item.key, ObjectKey::Uid(_)));
+        if !shapes.contains(&shape) {
+            shapes.push(shape);
+        }
+    }
+    for (kind, by_uid) in shapes {
+        let (indexes, keys): (Vec<usize>, Vec<ObjectKey>) = items
+            .iter()
+            .enumerate()
+            .filter(|(_, item)| item.kind == kind && matches!(item.key, ObjectKey::Uid(_)) == by_uid)
+            .map(|(index, item)| (index, item.key.clone()))
+            .unzip();
+        let Ok(mut lent) = reads.take(pool).await else { continue };
+        let rows = match fetch_json(&mut *lent.connection, kind, &keys).await {
+            Ok(rows) => {
+                reads.give_back(lent);
+                Ok(rows)
+            }
+            // a kept connection that broke while it waited (the server restarted): once more on a tested one
+            Err(error) if lent.reused && is_connection_error(&error) => {
+                drop(lent);
+                fetch_json(pool, kind, &keys).await
+            }
+            Err(error) => Err(error),
+        };
+        let Ok(rows) = rows else { continue };
+        for (index, row) in indexes.into_iter().zip(rows) {
+            outputs[index] = match row {
+                Some(row) => Fetched::Found(row),
+                None => Fetched::Missing,
+            };
+        }
+    }
+    outputs
+}
+
+/// The GET rows of `keys` (all of one shape), in their order: one statement however many.
+async fn fetch_json<'c>(
+    executor: impl PgExecutor<'c>,
+    kind: Kind,
+    keys: &[ObjectKey],
+) -> std::result::Result<Vec<Option<JsonRow>>, sqlx::Error> {
+    if let [key] = keys {
+        let query = match key {
+            ObjectKey::Uid(uid) => sqlx::query_as(select_json(kind, true)).bind(*uid),
+            ObjectKey::Name { namespace, name } => {
+                sqlx::query_as(select_json(kind, false)).bind(namespace.as_str()).bind(name.as_str())
+            }
+        };
+        return Ok(vec![query.fetch_optional(executor).await?]);
+    }
+    let by_uid = matches!(keys.first(), Some(ObjectKey::Uid(_)));
+    let query = sqlx::query_as(select_json_batch(kind, by_uid));
+    let query = if by_uid {
+        let uids: Vec<Uuid> =
+            keys.iter().filter_map(|key| if let ObjectKey::Uid(uid) = key { Some(*uid) } else { None }).collect();
+        query.bind(uids)
+    } else {
+        let (namespaces, names): (Vec<&str>, Vec<&str>) = keys
+            .iter()
+            .filter_map(|key| match key {
+                ObjectKey::Name { namespace, name } => Some((namespace.as_str(), name.as_str())),
+                ObjectKey::Uid(_) => None,
+            })
+            .unzip();
+        query.bind(namespaces).bind(names)
+    };
+    let rows: Vec<(Uuid, String, String, Option<String>)> = query.fetch_all(executor).await?;
+    Ok(keys
+        .iter()
+        .map(|key| {
+            rows.iter()
+                .find(|(uid, namespace, name, _)| match key {
+                    ObjectKey::Uid(wanted) => uid == wanted,
+                    ObjectKey::Name { namespace: wanted_namespace, name: wanted_name } => {
+                        namespace == wanted_namespace && name == wanted_name
+                    }
+                })
+                .map(|(_, namespace, name, body)| (namespace.clone(), name.clone(), body.clone()))
+        })
+        .collect())
+}
+
 impl Store {
     /// Gets one object, its aggregate up to date.
     pub async fn get(&self, kind: Kind, key: &ObjectKey) -> Result<StoredObject> {
@@ -170,25 +291,13 @@ impl Store {
     /// Gets one object as the JSON body of a GET. A row whose cached aggregate is fresh (the common case) is
     /// rendered by PostgreSQL in the same statement that checks freshness, and its text is passed through without
     /// being decoded; a stale row takes the path of [`Store::get`], which recomputes the aggregate and caches it.
+    /// Concurrent GETs share statements (see [`get_batcher`]).
     pub async fn get_json(&self, kind: Kind, key: &ObjectKey) -> Result<ObjectJson> {
-        let query = || match key {
-            ObjectKey::Uid(uid) => sqlx::query_as(select_json(kind, true)).bind(*uid),
-            ObjectKey::Name { namespace, name } => {
-                sqlx::query_as(select_json(kind, false)).bind(namespace.as_str()).bind(name.as_str())
-            }
-        };
-        let mut lent = self.reads.take(&self.pool).await?;
-        let row: Option<(String, String, Option<String>)> = match query().fetch_optional(&mut *lent.connection).await {
-            Ok(row) => {
-                self.reads.give_back(lent);
-                row
-            }
-            // a kept connection that broke while it waited (the server restarted): once more on a tested one
-            Err(error) if lent.reused && is_connection_error(&error) => {
-                drop(lent);
-                query().fetch_optional(&self.pool).await?
-            }
-            Err(error) => return Err(error.into()),
+        let row = match self.gets.submit(GetItem { kind, key: key.clone() }).await {
+            Some(Fetched::Found(row)) => Some(row),
+            Some(Fetched::Missing) => None,
+            // the shared statement failed: this GET's own one says why (or succeeds)
+            Some(Fetched::Failed) | None => fetch_json(&self.pool, kind, std::slice::from_ref(key)).await?.remove(0),
         };
         let (namespace, name, body) = row.ok_or_else(|| StoreError::NotFound { kind, name: key.describe() })?;
         let body = match body {
