@@ -182,7 +182,7 @@ const GET_RUNNERS: usize = 2;
 const GET_BATCH: usize = 64;
 
 /// The batcher of [`Store::get_json`]: GETs arriving while others are in the database share the next statement,
-/// one per kind and key shape (`o.uid = any($1)`, or namespace and name pairs from `unnest`). Statements run on
+/// one per kind and key shape (uids, or namespace and name pairs, from `unnest`). Statements run on
 /// the kept connections of `reads`; a lone GET runs the one-row query.
 pub(crate) fn get_batcher(pool: PgPool, reads: ReadConnections) -> Batcher<GetItem, Fetched> {
     Batcher::new(GET_RUNNERS, GET_BATCH, move |items: Vec<GetItem>| {
