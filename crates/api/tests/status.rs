@@ -640,3 +640,40 @@ async fn the_schedule_row_disappears_when_the_object_is_removed() {
     assert_eq!(api.merge(&format!("/api/v1/clusters/{held}"), &release).await.0, StatusCode::OK);
     assert_eq!(schedule(&api, &held).await, None, "removed once the finalizer was gone");
 }
+
+/// Reports keep a few connections out of the pool; when the database drops them (as when it restarts), the next
+/// reports succeed on fresh connections and are stored.
+#[tokio::test]
+async fn reports_succeed_after_the_database_dropped_every_connection_they_kept() {
+    let api = TestApi::start().await;
+    register(&api, "infra", &["Cluster"], &[], true).await;
+    let mut uids = Vec::new();
+    for index in 0..4 {
+        uids.push(uid(&api.create_cluster(&format!("kept-{index}"), "gcp").await));
+    }
+    let api = &api;
+    let report = |round: i64| report_body("infra", 1, &[("Available", "True")], json!({ "round": round }));
+    // reports at once, so that several connections are kept
+    let body = report(1);
+    let first = futures::future::join_all(uids.iter().map(|uid| send_report(api, "clusters", uid, &body)));
+    let first: Vec<(StatusCode, Value)> = first.await;
+    assert!(first.iter().all(|(status, _)| *status == StatusCode::OK), "{first:?}");
+
+    let terminated: Vec<(bool,)> = sqlx::query_as(
+        "select pg_terminate_backend(pid) from pg_stat_activity
+         where datname = current_database() and pid <> pg_backend_pid()",
+    )
+    .fetch_all(&api.db.pool)
+    .await
+    .expect("backends terminated");
+    assert!(!terminated.is_empty(), "the API held connections");
+
+    for round in 2..5 {
+        for uid in &uids {
+            let (status, object) = send_report(api, "clusters", uid, &report(round)).await;
+            assert_eq!(status, StatusCode::OK, "round {round}: {object}");
+            let stored = stored_report(api, uid, "infra").await.and_then(|(_, data)| data);
+            assert_eq!(stored, Some(json!({ "round": round })), "round {round}");
+        }
+    }
+}

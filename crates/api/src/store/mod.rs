@@ -32,7 +32,7 @@ pub use read::{ContinueToken, ListQuery, ListResult};
 pub use security::{AuditRecord, TokenRecord};
 pub use write::Change;
 
-use connections::ReadConnections;
+use connections::KeptConnections;
 use registry::RegistryCache;
 
 /// The migrations of the object store, run by every role at start.
@@ -187,6 +187,8 @@ pub struct Store {
     registry: RegistryCache,
     /// Concurrent GETs' shared statements.
     gets: batch::Batcher<read::GetItem, read::Fetched>,
+    /// Connections controller reports keep out of the pool's acquire and release round trips.
+    reports: KeptConnections,
     /// Writes run to the end and roll back (`dryRun=All`).
     dry_run: bool,
     /// Counts committed writes: the change feed and the notifier wait on it.
@@ -196,12 +198,14 @@ pub struct Store {
 impl Store {
     pub fn new(pool: sqlx::PgPool, schedule: ScheduleConfig) -> Self {
         let (committed, _) = watch::channel(0);
-        let gets = read::get_batcher(pool.clone(), ReadConnections::for_pool(&pool));
+        let gets = read::get_batcher(pool.clone(), KeptConnections::for_pool(&pool));
+        let reports = KeptConnections::for_pool(&pool);
         Store {
             pool,
             schedule,
             registry: RegistryCache::default(),
             gets,
+            reports,
             dry_run: false,
             committed: Arc::new(committed),
         }

@@ -11,7 +11,7 @@ use sqlx::{PgExecutor, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::batch::{BatchFuture, Batcher};
-use super::connections::ReadConnections;
+use super::connections::KeptConnections;
 use super::object::{CacheWrite, ObjectJson, ObjectRow, select_json, select_json_batch, select_object};
 use super::{ObjectKey, Result, Store, StoreError, StoredObject, is_connection_error};
 
@@ -184,14 +184,14 @@ const GET_BATCH: usize = 64;
 /// The batcher of [`Store::get_json`]: GETs arriving while others are in the database share the next statement,
 /// one per kind and key shape (uids, or namespace and name pairs, from `unnest`). Statements run on
 /// the kept connections of `reads`; a lone GET runs the one-row query.
-pub(crate) fn get_batcher(pool: PgPool, reads: ReadConnections) -> Batcher<GetItem, Fetched> {
+pub(crate) fn get_batcher(pool: PgPool, reads: KeptConnections) -> Batcher<GetItem, Fetched> {
     Batcher::new(GET_RUNNERS, GET_BATCH, move |items: Vec<GetItem>| {
         let (pool, reads) = (pool.clone(), reads.clone());
         Box::pin(async move { fetch_json_batch(&pool, &reads, items).await }) as BatchFuture<Fetched>
     })
 }
 
-async fn fetch_json_batch(pool: &PgPool, reads: &ReadConnections, items: Vec<GetItem>) -> Vec<Fetched> {
+async fn fetch_json_batch(pool: &PgPool, reads: &KeptConnections, items: Vec<GetItem>) -> Vec<Fetched> {
     let mut outputs: Vec<Fetched> = items.iter().map(|_| Fetched::Failed).collect();
     let mut shapes: Vec<(Kind, bool)> = Vec::new();
     for item in &items {

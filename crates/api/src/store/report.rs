@@ -4,7 +4,8 @@
 //! response), then one statement that stores the report, bumps `resourceVersion` and `status_seq` (which marks the
 //! cached aggregate stale), writes the `<kind>.status` event and moves the schedule, guarded by the `status_seq`
 //! that was read. When another writer moved `status_seq` in between, the statement changes nothing and the report
-//! is re-checked against the fresh state. No explicit transaction: the statement is atomic on its own.
+//! is re-checked against the fresh state. No explicit transaction: the statement is atomic on its own. Both
+//! statements run on kept connections (see `connections.rs`), without the pool's round trips around each.
 
 use cls_core::Kind;
 use cls_core::aggregate::needs_attention;
@@ -44,9 +45,23 @@ impl Store {
         }
         let key = ObjectKey::Uid(uid);
         for _ in 0..MAX_ATTEMPTS {
-            let mut builder = QueryBuilder::new(select_object(true));
-            push_key(&mut builder, kind, &key);
-            let row: Option<ObjectRow> = builder.build_query_as().fetch_optional(&self.pool).await?;
+            let read = || {
+                let mut builder = QueryBuilder::new(select_object(true));
+                push_key(&mut builder, kind, &key);
+                builder
+            };
+            let mut lent = self.reports.take(&self.pool).await?;
+            let row: Option<ObjectRow> = match read().build_query_as().fetch_optional(&mut *lent.connection).await {
+                Ok(row) => row,
+                // a kept connection that broke while it waited (the server restarted): once more on a tested one
+                Err(error) if lent.reused && super::is_connection_error(&error) => {
+                    drop(lent);
+                    lent = self.reports.take_fresh(&self.pool).await?;
+                    read().build_query_as().fetch_optional(&mut *lent.connection).await?
+                }
+                Err(error) => return Err(error.into()),
+            };
+            self.reports.give_back(lent);
             let row = row
                 .filter(|row| visible(&row.namespace))
                 .ok_or_else(|| StoreError::NotFound { kind, name: uid.to_string() })?;
@@ -102,6 +117,7 @@ impl Store {
             if self.dry_run {
                 return Ok((object, before));
             }
+            let mut lent = self.reports.take(&self.pool).await?;
             let written = sqlx::query_as::<_, (i64, i64)>(
                 "with obj as (
                      update objects set resource_version = nextval('resource_version_seq'),
@@ -144,8 +160,18 @@ impl Store {
             .bind(interval_seconds(interval))
             .bind(Json(object.to_json()))
             .bind(ready_generation)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *lent.connection)
             .await;
+            let written = match written {
+                Ok(written) => {
+                    self.reports.give_back(lent);
+                    Ok(written)
+                }
+                // a kept connection that broke while it waited: the write did not happen or, if it did, the next
+                // attempt finds `status_seq` moved and the report unchanged
+                Err(error) if lent.reused && super::is_connection_error(&error) => continue,
+                Err(error) => Err(error),
+            };
             let written = match written {
                 Err(error) if super::is_watch_log_race(&error) => continue,
                 other => other?,
