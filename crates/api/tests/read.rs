@@ -176,14 +176,7 @@ async fn a_get_succeeds_after_the_database_dropped_every_connection_it_kept() {
         let before = get_json(&api, &path).await;
 
         // as when the server restarts: every other backend of this database goes away
-        let terminated: Vec<(bool,)> = sqlx::query_as(
-            "select pg_terminate_backend(pid) from pg_stat_activity
-             where datname = current_database() and pid <> pg_backend_pid()",
-        )
-        .fetch_all(&api.db.pool)
-        .await
-        .expect("backends terminated");
-        assert!(!terminated.is_empty(), "the API held connections");
+        api.drop_database_connections().await;
 
         for _ in 0..3 {
             assert_eq!(get_json(&api, &path).await, before);

@@ -63,6 +63,19 @@ impl TestApi {
         TestApi { base, client: client_with(&token), token, db, store }
     }
 
+    /// Terminates every other backend of the test database, as a server restart does to the API's connections;
+    /// asserts that the API held some.
+    pub async fn drop_database_connections(&self) {
+        let terminated: Vec<(bool,)> = sqlx::query_as(
+            "select pg_terminate_backend(pid) from pg_stat_activity
+             where datname = current_database() and pid <> pg_backend_pid()",
+        )
+        .fetch_all(&self.db.pool)
+        .await
+        .expect("backends terminated");
+        assert!(!terminated.is_empty(), "the API held connections");
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
