@@ -494,6 +494,33 @@ async fn the_audit_log_has_exactly_one_record_per_mutating_request_denied_ones_i
     assert_ne!(first["items"][0], second["items"][0]);
 }
 
+/// The audit writer keeps its connection out of the pool; when the database drops it (as when it restarts), the
+/// next records are stored on a fresh one, none lost.
+#[tokio::test]
+async fn audit_records_are_stored_after_the_database_dropped_the_audit_writers_connection() {
+    let teams = Teams::start().await;
+    let api = &teams.api;
+    let (_, cluster_uid, _) = teams.objects[0].clone();
+    let path = format!("/api/v1/clusters/{cluster_uid}");
+    assert_eq!(api.merge(&path, &json!({"metadata": {"labels": {"round": "1"}}})).await.0, StatusCode::OK);
+    let (_, before) = api.get("/api/v1/audit?limit=1000").await; // flushes: the writer has used its connection
+    let already = before["items"].as_array().expect("items").len();
+
+    api.drop_database_connections().await;
+    for round in 2..5 {
+        let patch = json!({"metadata": {"labels": {"round": round.to_string()}}});
+        assert_eq!(api.merge(&path, &patch).await.0, StatusCode::OK, "round {round}");
+    }
+
+    let (status, audit) = api.get("/api/v1/audit?limit=1000").await;
+    assert_eq!(status, StatusCode::OK, "{audit}");
+    let after: Vec<(String, i64)> = audit["items"].as_array().expect("items")[already..]
+        .iter()
+        .map(|record| (record["verb"].as_str().unwrap_or_default().to_owned(), record["code"].as_i64().unwrap_or(0)))
+        .collect();
+    assert_eq!(after, vec![("patch".to_owned(), 200); 3], "{audit}");
+}
+
 #[tokio::test]
 async fn each_identity_has_its_own_rate_limit_answered_with_429_and_retry_after() {
     let limits = Limits {

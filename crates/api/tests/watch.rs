@@ -229,6 +229,29 @@ async fn a_watch_from_a_listed_resource_version_delivers_every_later_change_and_
     .await
 }
 
+/// The change feed reads on connections of its own; when the database drops them (as when it restarts), the feed
+/// resumes and a watch open across the drop still gets every change, in order.
+#[tokio::test]
+async fn a_watch_keeps_receiving_changes_after_the_database_dropped_the_feeds_connections() {
+    bounded(async {
+        let api = TestApi::start().await;
+        let created = create(&api, "a", json!({})).await;
+        let mut watch =
+            Watch::open(&api.client, &api.base, &format!("resourceVersion={}", resource_version(&created))).await;
+        merge(&api, "a", json!({"metadata": {"labels": {"step": "1"}}})).await;
+        assert_eq!(watch.expect_event().await["object"]["metadata"]["labels"]["step"], "1");
+
+        api.drop_database_connections().await;
+        merge(&api, "a", json!({"metadata": {"labels": {"step": "2"}}})).await;
+        create(&api, "b", json!({})).await;
+
+        let events = [watch.expect_event().await, watch.expect_event().await];
+        assert_eq!(summary(&events), [pair("MODIFIED", "a"), pair("ADDED", "b")], "{events:?}");
+        assert_eq!(events[0]["object"]["metadata"]["labels"]["step"], "2");
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_list_resource_version_is_never_older_than_an_object_it_lists() {
     bounded(async {

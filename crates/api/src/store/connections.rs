@@ -1,4 +1,5 @@
-//! A few pool connections that the hot paths keep for themselves: GETs' shared statements, and controller reports.
+//! A few pool connections that the hot paths keep for themselves: GETs' shared statements, controller reports, and
+//! the audit writer.
 //!
 //! sqlx's pool sends a round trip to the server when it hands a connection out (`test_before_acquire`) and
 //! another when it takes one back (always, to make sure a dropped query left it clean): two round trips beside a
@@ -46,7 +47,11 @@ pub(crate) struct Lent {
 impl KeptConnections {
     /// Keeps up to a quarter of the pool's connections, at most 8 (a few busy backends saturate a small server).
     pub(crate) fn for_pool(pool: &PgPool) -> Self {
-        let limit = (pool.options().get_max_connections() as usize / 4).clamp(1, 8);
+        KeptConnections::new((pool.options().get_max_connections() as usize / 4).clamp(1, 8))
+    }
+
+    /// Keeps up to `limit` connections.
+    pub(crate) fn new(limit: usize) -> Self {
         KeptConnections {
             idle: Arc::new(Mutex::new(Vec::with_capacity(limit))),
             permits: Arc::new(Semaphore::new(limit)),

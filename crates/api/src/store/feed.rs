@@ -17,7 +17,8 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use serde_json::Value;
-use sqlx::postgres::PgListener;
+use sqlx::Connection;
+use sqlx::postgres::{PgConnection, PgListener};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -30,6 +31,8 @@ pub const BUFFER: usize = 20_000;
 pub const RETENTION: Duration = Duration::from_secs(15 * 60);
 /// How often the feed looks for changes when nothing woke it.
 const POLL: Duration = Duration::from_millis(250);
+/// Changes read per query.
+const PAGE: i64 = 1000;
 /// How long a gap may stay open before the feed resolves it.
 const GAP_GRACE: Duration = Duration::from_millis(30);
 
@@ -182,6 +185,11 @@ impl ChangeFeed {
     ) -> Result<()> {
         let mut listener = PgListener::connect_with(pool).await?;
         listener.listen(super::CHANGES_CHANNEL).await?;
+        // reads run on a connection of the feed's own: through the pool each would cost two more round trips (its
+        // test on acquire and on release). A generic plan: the custom plan PostgreSQL otherwise makes for every
+        // read (the cursor is always near the end of the index) cost more than the read itself.
+        let options = pool.connect_options().as_ref().clone().options([("plan_cache_mode", "force_generic_plan")]);
+        let mut reader = PgConnection::connect_with(&options).await?;
         if !self.is_running() {
             let (start,): (i64,) =
                 sqlx::query_as("select coalesce(max(resource_version), 0) from changes").fetch_one(pool).await?;
@@ -196,16 +204,17 @@ impl ChangeFeed {
             let cursor = self.cursor();
             let rows: Vec<ChangeRow> = sqlx::query_as(
                 "select resource_version, event_type, kind, namespace, uid, object, previous_labels from changes
-                 where resource_version > $1 order by resource_version limit 1000",
+                 where resource_version > $1 order by resource_version limit $2",
             )
             .bind(cursor)
-            .fetch_all(pool)
+            .bind(PAGE)
+            .fetch_all(&mut reader)
             .await?;
-            let mut next = cursor + 1;
+            let full_page = rows.len() == PAGE as usize;
             let mut gap = None;
-            for row in rows {
-                if row.resource_version != next {
-                    gap = Some(next);
+            for (expected, row) in (cursor + 1..).zip(rows) {
+                if row.resource_version != expected {
+                    gap = Some(expected);
                     break;
                 }
                 let change = (row.event_type != "GAP").then(|| Change {
@@ -219,7 +228,6 @@ impl ChangeFeed {
                     line: OnceLock::new(),
                 });
                 self.publish(change, row.resource_version);
-                next += 1;
             }
             if let Some(missing) = gap {
                 match gap_since {
@@ -232,8 +240,8 @@ impl ChangeFeed {
                 }
                 continue;
             }
-            if next > cursor + 1 {
-                continue; // a full page: read on
+            if full_page {
+                continue; // read on
             }
             if last_prune.elapsed() > Duration::from_secs(60) {
                 sqlx::query("delete from changes where created_at < now() - make_interval(secs => $1)")

@@ -189,6 +189,8 @@ pub struct Store {
     gets: batch::Batcher<read::GetItem, read::Fetched>,
     /// Connections controller reports keep out of the pool's acquire and release round trips.
     reports: KeptConnections,
+    /// The audit writer's connection, kept the same way.
+    audit_connections: KeptConnections,
     /// Writes run to the end and roll back (`dryRun=All`).
     dry_run: bool,
     /// Counts committed writes: the change feed and the notifier wait on it.
@@ -200,12 +202,14 @@ impl Store {
         let (committed, _) = watch::channel(0);
         let gets = read::get_batcher(pool.clone(), KeptConnections::for_pool(&pool));
         let reports = KeptConnections::for_pool(&pool);
+        let audit_connections = KeptConnections::new(1);
         Store {
             pool,
             schedule,
             registry: RegistryCache::default(),
             gets,
             reports,
+            audit_connections,
             dry_run: false,
             committed: Arc::new(committed),
         }

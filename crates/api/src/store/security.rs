@@ -123,32 +123,58 @@ impl Store {
 
     /// Appends audit records in one statement. Its commit does not wait for the WAL flush (`synchronous_commit`
     /// off for this statement's transaction): the records follow changes that have committed already, so a crash
-    /// can lose them either way, and waiting would double the cost of every write.
+    /// can lose them either way, and waiting would double the cost of every write. One statement text for any
+    /// number of records (arrays, not a row of parameters per record), run on a kept connection: the writer runs
+    /// after every burst of mutating requests, so the pool's two round trips around it would cost more than it.
     pub async fn append_audit(&self, records: &[AuditRecord]) -> Result<()> {
         if records.is_empty() {
             return Ok(());
         }
-        let mut builder = sqlx::QueryBuilder::new(
-            "with relaxed as (select set_config('synchronous_commit', 'off', true))
-             insert into audit (time, \"user\", verb, resource, namespace, name, uid, resource_version_before,
-                                resource_version_after, code, request_id)
-             select v.* from relaxed, (",
-        );
-        builder.push_values(records, |mut row, record| {
-            row.push_bind(record.time)
-                .push_bind(&record.user)
-                .push_bind(&record.verb)
-                .push_bind(&record.resource)
-                .push_bind(&record.namespace)
-                .push_bind(&record.name)
-                .push_bind(record.uid)
-                .push_bind(record.resource_version_before)
-                .push_bind(record.resource_version_after)
-                .push_bind(record.code)
-                .push_bind(&record.request_id);
-        });
-        builder.push(") as v");
-        builder.build().execute(&self.pool).await?;
+        let column = |value: fn(&AuditRecord) -> String| records.iter().map(value).collect::<Vec<_>>();
+        let times: Vec<_> = records.iter().map(|record| record.time).collect();
+        let users = column(|record| record.user.clone());
+        let verbs = column(|record| record.verb.clone());
+        let resources = column(|record| record.resource.clone());
+        let namespaces = column(|record| record.namespace.clone());
+        let names = column(|record| record.name.clone());
+        let uids: Vec<_> = records.iter().map(|record| record.uid).collect();
+        let before: Vec<_> = records.iter().map(|record| record.resource_version_before).collect();
+        let after: Vec<_> = records.iter().map(|record| record.resource_version_after).collect();
+        let codes: Vec<_> = records.iter().map(|record| record.code).collect();
+        let request_ids = column(|record| record.request_id.clone());
+        let insert = || {
+            sqlx::query(
+                "with relaxed as (select set_config('synchronous_commit', 'off', true))
+                 insert into audit (time, \"user\", verb, resource, namespace, name, uid, resource_version_before,
+                                    resource_version_after, code, request_id)
+                 select v.* from relaxed, unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                                 $6::text[], $7::uuid[], $8::int8[], $9::int8[], $10::int4[],
+                                                 $11::text[]) as v",
+            )
+            .bind(&times)
+            .bind(&users)
+            .bind(&verbs)
+            .bind(&resources)
+            .bind(&namespaces)
+            .bind(&names)
+            .bind(&uids)
+            .bind(&before)
+            .bind(&after)
+            .bind(&codes)
+            .bind(&request_ids)
+        };
+        let mut lent = self.audit_connections.take(&self.pool).await?;
+        match insert().execute(&mut *lent.connection).await {
+            Ok(_) => {}
+            // a kept connection that broke while it waited (the server restarted): it never ran the insert
+            Err(error) if lent.reused && super::is_connection_error(&error) => {
+                drop(lent);
+                lent = self.audit_connections.take_fresh(&self.pool).await?;
+                insert().execute(&mut *lent.connection).await?;
+            }
+            Err(error) => return Err(error.into()),
+        }
+        self.audit_connections.give_back(lent);
         Ok(())
     }
 
