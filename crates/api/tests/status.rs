@@ -670,3 +670,55 @@ async fn reports_succeed_after_the_database_dropped_every_connection_they_kept()
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// reports that start from the object as this process's last report left it
+
+/// The watch log's copy of the object at `resource_version`.
+async fn logged_object(api: &TestApi, resource_version: i64) -> Value {
+    let (object,): (Value,) = sqlx::query_as("select object from changes where resource_version = $1")
+        .bind(resource_version)
+        .fetch_one(&api.db.pool)
+        .await
+        .expect("the change is logged");
+    object
+}
+
+/// A process keeps the object as its last report left it and starts the next report from there; whatever another
+/// process changed meanwhile (the labels, the registry, a newer report) is neither lost nor overwritten: the report
+/// answers, logs and decides from the object as it is.
+#[tokio::test]
+async fn a_report_after_another_replica_changed_the_object_starts_from_the_object_as_it_is() {
+    let api = TestApi::start().await;
+    let other = api.replica().await;
+    register(&api, "infra", &["Cluster"], &[], true).await;
+    let cluster = uid(&api.create_cluster("shared", "gcp").await);
+    let report = |round: i64, generation: i64| {
+        report_body("infra", generation, &[("Available", "True")], json!({ "round": round }))
+    };
+    let (status, first) = send_report(&api, "clusters", &cluster, &report(1, 1)).await;
+    assert_eq!((status, ready_status(&first)), (StatusCode::OK, "True"), "{first}");
+
+    // labels changed through the other process
+    let labels = json!({"metadata": {"labels": {"team": "blue"}}});
+    assert_eq!(other.merge(&format!("/api/v1/clusters/{cluster}"), &labels).await.0, StatusCode::OK);
+    let (status, object) = send_report(&api, "clusters", &cluster, &report(2, 1)).await;
+    assert_eq!(status, StatusCode::OK, "{object}");
+    assert_eq!(object["metadata"]["labels"]["team"], "blue", "{object}");
+    assert_eq!(logged_object(&api, resource_version(&object)).await["metadata"]["labels"]["team"], "blue");
+
+    // a required controller registered through the other process: the object is no longer Ready
+    register(&other, "network", &["Cluster"], &[], true).await;
+    let (status, object) = send_report(&api, "clusters", &cluster, &report(3, 1)).await;
+    assert_eq!(status, StatusCode::OK, "{object}");
+    assert_eq!((ready_status(&object), ready_reason(&object)), ("False", "ControllersPending"), "{object}");
+    assert_eq!(ready_status(&logged_object(&api, resource_version(&object)).await), "False");
+
+    // a newer report stored through the other process: an older one here is refused and stores nothing
+    change_spec(&other, &cluster, "europe-west1").await;
+    let (status, object) = send_report(&other, "clusters", &cluster, &report(4, 2)).await;
+    assert_eq!(status, StatusCode::OK, "{object}");
+    let (status, refused) = send_report(&api, "clusters", &cluster, &report(5, 1)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert_eq!(stored_report(&api, &cluster, "infra").await, Some((2, Some(json!({ "round": 4 })))));
+}

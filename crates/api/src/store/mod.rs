@@ -191,6 +191,8 @@ pub struct Store {
     reports: KeptConnections,
     /// The audit writer's connection, kept the same way.
     audit_connections: KeptConnections,
+    /// The objects as this process's reports left them, so that the next report can skip its read.
+    reported: report::Reported,
     /// Writes run to the end and roll back (`dryRun=All`).
     dry_run: bool,
     /// Counts committed writes: the change feed and the notifier wait on it.
@@ -210,6 +212,7 @@ impl Store {
             gets,
             reports,
             audit_connections,
+            reported: report::Reported::default(),
             dry_run: false,
             committed: Arc::new(committed),
         }

@@ -129,7 +129,7 @@ pub struct ObjectJson {
     pub body: bytes::Bytes,
 }
 
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Clone, Debug, sqlx::FromRow)]
 pub(crate) struct ObjectRow {
     pub uid: Uuid,
     pub kind: String,

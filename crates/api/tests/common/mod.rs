@@ -49,6 +49,23 @@ impl TestApi {
 
     /// Serves `state` (whose store is on `db`) with an admin token.
     pub async fn start_with_state(db: TestDb, state: AppState) -> TestApi {
+        TestApi::serve(db, state, "test-admin").await
+    }
+
+    /// Another API process over the same database: its own pool, store, caches and change feed, on its own port,
+    /// with an admin token of its own.
+    pub async fn replica(&self) -> TestApi {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(10)
+            .connect_with(cls_api::store::connect_options(&self.db.url).expect("a database URL"))
+            .await
+            .expect("the replica connects");
+        let db = TestDb { url: self.db.url.clone(), name: self.db.name.clone(), pool };
+        let store = Store::new(db.pool.clone(), ScheduleConfig::default());
+        TestApi::serve(db, AppState::new(store), "test-admin-replica").await
+    }
+
+    async fn serve(db: TestDb, state: AppState, token_name: &str) -> TestApi {
         let store = state.store.clone();
         tokio::spawn(state.feed.clone().run(state.store.clone(), tokio_util::sync::CancellationToken::new()));
         let app = cls_api::router(state);
@@ -59,7 +76,7 @@ impl TestApi {
                 .await
                 .expect("serve")
         });
-        let token = token(&store, "test-admin", "admin", None).await;
+        let token = token(&store, token_name, "admin", None).await;
         TestApi { base, client: client_with(&token), token, db, store }
     }
 
