@@ -252,6 +252,46 @@ async fn a_watch_keeps_receiving_changes_after_the_database_dropped_the_feeds_co
     .await
 }
 
+/// While a transaction holds a resourceVersion open, the feed waits at the gap without reading the rows beyond it
+/// again and again: every change is read from the log once.
+#[tokio::test]
+async fn rows_beyond_an_open_gap_are_read_once() {
+    bounded(async {
+        let db = cls_testkit::TestDb::new(&cls_api::store::MIGRATOR).await;
+        let state = AppState::new(Store::new(db.pool.clone(), ScheduleConfig::default()));
+        let rows_read = state.feed.rows_read();
+        let api = TestApi::start_with_state(db, state).await;
+        let created = create(&api, "first", json!({})).await;
+        let mut watch =
+            Watch::open(&api.client, &api.base, &format!("resourceVersion={}", resource_version(&created))).await;
+        let before = rows_read.get();
+
+        // a transaction takes the next number and logs it, uncommitted: the gap stays open until it ends
+        let mut holder = api.db.pool.begin().await.expect("begin");
+        let (held,): (i64,) =
+            sqlx::query_as("select nextval('resource_version_seq')").fetch_one(&mut *holder).await.expect("nextval");
+        sqlx::query("insert into changes (resource_version, event_type) values ($1, 'GAP')")
+            .bind(held)
+            .execute(&mut *holder)
+            .await
+            .expect("logged");
+        const WRITES: u64 = 10;
+        for index in 0..WRITES {
+            create(&api, &format!("beyond-{index}"), json!({})).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await; // the feed looks at the gap meanwhile
+        holder.commit().await.expect("commit");
+
+        for index in 0..WRITES {
+            let event = watch.expect_event().await;
+            assert_eq!(event["object"]["metadata"]["name"], format!("beyond-{index}"), "{event}");
+        }
+        let read = rows_read.get() - before;
+        assert!(read <= WRITES + 2, "{read} rows read for {WRITES} changes and one gap");
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_list_resource_version_is_never_older_than_an_object_it_lists() {
     bounded(async {

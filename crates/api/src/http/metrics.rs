@@ -76,6 +76,11 @@ impl Default for HttpMetrics {
 
 impl HttpMetrics {
     pub fn new() -> HttpMetrics {
+        HttpMetrics::with_feed(Counter::default())
+    }
+
+    /// The metrics, with `feed_rows_read` (the change feed's count of watch log rows read) among them.
+    pub fn with_feed(feed_rows_read: Counter) -> HttpMetrics {
         let mut registry = Registry::with_prefix("cls_api");
         let requests = Family::<RequestLabels, Counter>::default();
         let duration_seconds =
@@ -110,6 +115,11 @@ impl HttpMetrics {
             pool_max_connections.clone(),
         );
         registry.register("watchers", "Watch streams open on this process", watchers.clone());
+        registry.register(
+            "change_feed_rows_read",
+            "Watch log rows the change feed read (about one per change while it keeps up)",
+            feed_rows_read,
+        );
         registry.register(
             "start_time_seconds",
             "Process start, seconds since the Unix epoch",

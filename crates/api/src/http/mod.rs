@@ -67,14 +67,15 @@ impl AppState {
     /// State with the given authentication settings and limits; starts the audit writer, so it needs a Tokio
     /// runtime.
     pub fn with_security(store: Store, auth: AuthConfig, limits: guard::Limits) -> Self {
+        let feed = Arc::new(ChangeFeed::new());
         AppState(Arc::new(SharedState {
             auth: Authenticator::new(store.clone(), auth),
             limiter: guard::Limiter::new(limits),
             audit: guard::AuditLog::start(store.clone()),
             store,
-            feed: Arc::new(ChangeFeed::new()),
+            metrics: metrics::HttpMetrics::with_feed(feed.rows_read()),
+            feed,
             migrated: Arc::new(AtomicBool::new(true)),
-            metrics: metrics::HttpMetrics::new(),
         }))
     }
 

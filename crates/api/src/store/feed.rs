@@ -2,7 +2,8 @@
 //! change out in memory to any number of watchers; a watch costs no query per event.
 //!
 //! Order: resourceVersions come from a sequence, and transactions commit out of order, so the log can show 12
-//! before 11 commits. The feed never skips: at a gap it waits briefly, then inserts a `GAP` row for the missing
+//! before 11 commits. The feed never skips: at a gap it waits briefly (keeping the rows it read beyond the gap, so
+//! that only the gap is read again), then inserts a `GAP` row for the missing
 //! number. That insert waits on the unique index while the transaction holding the number is still open, and fails
 //! quietly (`on conflict do nothing`) once it committed its row; if that transaction rolled back, the `GAP` row takes
 //! its place; if it has not logged yet, its own insert later fails and the store retries it with a new number.
@@ -35,6 +36,8 @@ const POLL: Duration = Duration::from_millis(250);
 const PAGE: i64 = 1000;
 /// How long a gap may stay open before the feed resolves it.
 const GAP_GRACE: Duration = Duration::from_millis(30);
+/// How often an open gap is looked at again (transactions usually commit within a few milliseconds).
+const GAP_CHECK: Duration = Duration::from_millis(1);
 
 /// One change, as watchers receive it.
 #[derive(Clone, Debug)]
@@ -98,6 +101,8 @@ struct Buffer {
 
 /// The fan-out side of the feed.
 pub struct ChangeFeed {
+    /// Watch log rows read, for `/metrics`: about one per change while the feed keeps up.
+    rows_read: prometheus_client::metrics::counter::Counter,
     cursor: AtomicI64,
     started: AtomicI64,
     buffer: RwLock<Buffer>,
@@ -113,7 +118,18 @@ impl Default for ChangeFeed {
 impl ChangeFeed {
     pub fn new() -> Self {
         let (sender, _) = broadcast::channel(4096);
-        ChangeFeed { cursor: AtomicI64::new(0), started: AtomicI64::new(0), buffer: RwLock::default(), sender }
+        ChangeFeed {
+            rows_read: Default::default(),
+            cursor: AtomicI64::new(0),
+            started: AtomicI64::new(0),
+            buffer: RwLock::default(),
+            sender,
+        }
+    }
+
+    /// The count of watch log rows read (shared: a clone counts along).
+    pub fn rows_read(&self) -> prometheus_client::metrics::counter::Counter {
+        self.rows_read.clone()
     }
 
     /// Whether the feed has read its starting point.
@@ -199,24 +215,33 @@ impl ChangeFeed {
             tracing::info!(resource_version = start, "change feed started");
         }
         let mut gap_since: Option<(i64, tokio::time::Instant)> = None;
+        // rows read beyond a gap: kept, so that while the gap is open only the gap is read again
+        let mut beyond_gap: VecDeque<ChangeRow> = VecDeque::new();
         let mut last_prune = tokio::time::Instant::now();
         loop {
             let cursor = self.cursor();
+            let until = beyond_gap.front().map_or(i64::MAX, |row| row.resource_version);
             let rows: Vec<ChangeRow> = sqlx::query_as(
                 "select resource_version, event_type, kind, namespace, uid, object, previous_labels from changes
-                 where resource_version > $1 order by resource_version limit $2",
+                 where resource_version > $1 and resource_version < $2 order by resource_version limit $3",
             )
             .bind(cursor)
+            .bind(until)
             .bind(PAGE)
             .fetch_all(&mut reader)
             .await?;
+            self.rows_read.inc_by(rows.len() as u64);
             let full_page = rows.len() == PAGE as usize;
-            let mut gap = None;
-            for (expected, row) in (cursor + 1..).zip(rows) {
+            let drained = !beyond_gap.is_empty();
+            let mut rows: VecDeque<ChangeRow> = rows.into();
+            rows.append(&mut beyond_gap);
+            let mut expected = cursor + 1;
+            while let Some(row) = rows.pop_front() {
                 if row.resource_version != expected {
-                    gap = Some(expected);
+                    rows.push_front(row);
                     break;
                 }
+                expected += 1;
                 let change = (row.event_type != "GAP").then(|| Change {
                     resource_version: row.resource_version,
                     event_type: row.event_type,
@@ -229,19 +254,24 @@ impl ChangeFeed {
                 });
                 self.publish(change, row.resource_version);
             }
-            if let Some(missing) = gap {
+            if !rows.is_empty() {
+                // `expected` is missing: its transaction has not committed yet (or rolled back)
+                beyond_gap = rows;
                 match gap_since {
-                    Some((version, since)) if version == missing && since.elapsed() >= GAP_GRACE => {
-                        fill_gap(pool, missing).await?;
+                    Some((version, since)) if version == expected && since.elapsed() >= GAP_GRACE => {
+                        fill_gap(pool, expected).await?;
                         gap_since = None;
                     }
-                    Some((version, _)) if version == missing => tokio::time::sleep(Duration::from_millis(5)).await,
-                    _ => gap_since = Some((missing, tokio::time::Instant::now())),
+                    Some((version, _)) if version == expected => tokio::time::sleep(GAP_CHECK).await,
+                    _ => {
+                        gap_since = Some((expected, tokio::time::Instant::now()));
+                        tokio::time::sleep(GAP_CHECK).await;
+                    }
                 }
                 continue;
             }
-            if full_page {
-                continue; // read on
+            if full_page || drained {
+                continue; // read on: more may follow what was read
             }
             if last_prune.elapsed() > Duration::from_secs(60) {
                 sqlx::query("delete from changes where created_at < now() - make_interval(secs => $1)")
