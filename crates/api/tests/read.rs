@@ -269,3 +269,67 @@ async fn concurrent_gets_sharing_statements_each_answer_their_own_object() {
     })
     .await;
 }
+
+/// A GET answers the body this process held only while the row has the version it was rendered from: a change by
+/// another API process, a report, and a change that leaves the resourceVersion as it was (made in SQL) each show
+/// at once, by uid and by name; an unchanged row is not rendered again, and `/metrics` counts the reuse.
+#[tokio::test]
+async fn a_get_reuses_a_held_body_only_while_the_row_is_unchanged() {
+    bounded(async {
+        let api = TestApi::start().await;
+        let replica = api.replica().await;
+        api.register("infra", &["Cluster"], &["gcp"]).await;
+        let created = api.create_cluster("prod", "gcp").await;
+        let id = uid(&created);
+        let by_uid = format!("/api/v1/clusters/{id}");
+        let by_name = "/apis/cls.dev/v1alpha1/namespaces/default/clusters/prod";
+        let reused = || api.store.get_bodies_reused().get();
+
+        // the first GET computes and caches the aggregate (a new row version); the next ones render and keep
+        let first = get_json(&api, &by_uid).await;
+        for path in [by_uid.as_str(), by_name] {
+            assert_eq!(get_json(&api, path).await, first, "{path}");
+        }
+        let before = reused();
+        assert_eq!(get_json(&api, &by_uid).await, first);
+        assert_eq!(get_json(&api, by_name).await, first);
+        assert_eq!(reused(), before + 2, "both GETs answered the bodies held since the first ones");
+        let (_, metrics) = api.get("/metrics").await;
+        let text = metrics.as_str().map(str::to_owned).unwrap_or_else(|| metrics.to_string());
+        assert!(text.contains("cls_api_get_bodies_reused_total"), "{text}");
+
+        // a label change through the other process
+        let (status, _) = replica.merge(by_name, &json!({"metadata": {"labels": {"team": "b"}}})).await;
+        assert_eq!(status, StatusCode::OK);
+        for path in [by_uid.as_str(), by_name] {
+            assert_eq!(get_json(&api, path).await["metadata"]["labels"]["team"], "b", "{path}");
+        }
+
+        // a report through the other process (the aggregate is recomputed by the next read)
+        let (status, _) = replica.report("clusters", &id, "infra", 1, true).await;
+        assert_eq!(status, StatusCode::OK);
+        for path in [by_uid.as_str(), by_name] {
+            assert_eq!(condition(&get_json(&api, path).await, "Ready")["status"], "True", "{path}");
+        }
+
+        // a change that keeps the resourceVersion: only the row's version tells
+        sqlx::query("update objects set annotations = '{\"edited\": \"in SQL\"}' where uid = $1::uuid")
+            .bind(&id)
+            .execute(&api.db.pool)
+            .await
+            .expect("update");
+        for path in [by_uid.as_str(), by_name] {
+            let body = get_json(&api, path).await;
+            assert_eq!(body["metadata"]["annotations"]["edited"], "in SQL", "{path}");
+            assert_eq!(body, get_json(&api, path).await, "{path}: held and rendered bodies agree");
+        }
+
+        let (status, _) = replica.delete(by_name).await;
+        assert_eq!(status, StatusCode::OK);
+        for path in [by_uid.as_str(), by_name] {
+            let response = api.client.get(api.url(path)).send().await.expect("request sent");
+            assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+        }
+    })
+    .await;
+}

@@ -76,11 +76,12 @@ impl Default for HttpMetrics {
 
 impl HttpMetrics {
     pub fn new() -> HttpMetrics {
-        HttpMetrics::with_feed(Counter::default())
+        HttpMetrics::with_counters(Counter::default(), Counter::default())
     }
 
-    /// The metrics, with `feed_rows_read` (the change feed's count of watch log rows read) among them.
-    pub fn with_feed(feed_rows_read: Counter) -> HttpMetrics {
+    /// The metrics, with `feed_rows_read` (the change feed's count of watch log rows read) and `bodies_reused`
+    /// (the store's count of GETs answered with a held body) among them.
+    pub fn with_counters(feed_rows_read: Counter, bodies_reused: Counter) -> HttpMetrics {
         let mut registry = Registry::with_prefix("cls_api");
         let requests = Family::<RequestLabels, Counter>::default();
         let duration_seconds =
@@ -119,6 +120,11 @@ impl HttpMetrics {
             "change_feed_rows_read",
             "Watch log rows the change feed read (about one per change while it keeps up)",
             feed_rows_read,
+        );
+        registry.register(
+            "get_bodies_reused",
+            "GETs answered with a body this process held for the row's version, not rendered again",
+            bodies_reused,
         );
         registry.register(
             "start_time_seconds",

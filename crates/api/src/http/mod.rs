@@ -68,12 +68,13 @@ impl AppState {
     /// runtime.
     pub fn with_security(store: Store, auth: AuthConfig, limits: guard::Limits) -> Self {
         let feed = Arc::new(ChangeFeed::new());
+        let metrics = metrics::HttpMetrics::with_counters(feed.rows_read(), store.get_bodies_reused());
         AppState(Arc::new(SharedState {
             auth: Authenticator::new(store.clone(), auth),
             limiter: guard::Limiter::new(limits),
             audit: guard::AuditLog::start(store.clone()),
             store,
-            metrics: metrics::HttpMetrics::with_feed(feed.rows_read()),
+            metrics,
             feed,
             migrated: Arc::new(AtomicBool::new(true)),
         }))

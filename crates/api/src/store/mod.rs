@@ -8,6 +8,7 @@
 //! aggregate is then cached with a compare-and-set on `status_seq`, so a report racing a read is never lost.
 
 mod batch;
+mod bodies;
 mod connections;
 pub mod feed;
 mod object;
@@ -61,7 +62,7 @@ pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateEr
 }
 
 /// How an object is addressed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ObjectKey {
     Uid(Uuid),
     /// `namespace` is empty for cluster-scoped kinds.
@@ -187,6 +188,8 @@ pub struct Store {
     registry: RegistryCache,
     /// Concurrent GETs' shared statements.
     gets: batch::Batcher<read::GetItem, read::Fetched>,
+    /// The bodies of recent GETs, rendered once per version of their row.
+    bodies: bodies::Bodies,
     /// Connections controller reports keep out of the pool's acquire and release round trips.
     reports: KeptConnections,
     /// The audit writer's connection, kept the same way.
@@ -202,7 +205,8 @@ pub struct Store {
 impl Store {
     pub fn new(pool: sqlx::PgPool, schedule: ScheduleConfig) -> Self {
         let (committed, _) = watch::channel(0);
-        let gets = read::get_batcher(pool.clone(), KeptConnections::for_pool(&pool));
+        let bodies = bodies::Bodies::default();
+        let gets = read::get_batcher(read::get_pool(&pool), bodies.clone());
         let reports = KeptConnections::for_pool(&pool);
         let audit_connections = KeptConnections::new(1);
         Store {
@@ -210,12 +214,19 @@ impl Store {
             schedule,
             registry: RegistryCache::default(),
             gets,
+            bodies,
             reports,
             audit_connections,
             reported: report::Reported::default(),
             dry_run: false,
             committed: Arc::new(committed),
         }
+    }
+
+    /// The count of GETs answered with a body this process held (PostgreSQL rendered it for an earlier GET of the
+    /// same row version); shared, a clone counts along.
+    pub fn get_bodies_reused(&self) -> prometheus_client::metrics::counter::Counter {
+        self.bodies.reused_counter()
     }
 
     /// The same store with writes that validate, run and roll back, persisting nothing.

@@ -67,55 +67,60 @@ fn render_object_sql(kind: Kind) -> String {
     )
 }
 
-/// The query of a GET: the object's namespace and name, and its JSON rendered by PostgreSQL when the cached
-/// aggregate is fresh (null when it is stale; the caller then takes the aggregating path). `$1` is the uid, or
-/// `$1, $2` the namespace and name.
-fn select_json_sql(kind: Kind, by_uid: bool) -> String {
-    let (fresh, from) = if kind.reconciled() {
-        ("o.status_cached_seq = o.status_seq and o.status_epoch = e.epoch", "objects o cross join registry_epoch e")
+/// The query of GETs of one kind and key shape. Each key comes with the version of the body its GET holds (null
+/// when it holds none); a row answers `position` (the key's, from 1), `namespace`, `name`, `row_version` (`xmin`),
+/// `resource_version`, `fresh` (whether the cached aggregate is fresh) and `body`: the object's JSON rendered by
+/// PostgreSQL when it is fresh and the version differs, null otherwise (the caller then answers the body it holds,
+/// or takes the aggregating path when stale). A missing object has no row; a key given twice gets two.
+///
+/// Parameters: one GET (`batch` false) binds `$1` the uid, or `$1, $2` the namespace and name, then the held
+/// version's transaction and resourceVersion; a batch binds the same as arrays of equal length.
+fn select_json_sql(kind: Kind, by_uid: bool, batch: bool) -> String {
+    let (fresh, epoch) = if kind.reconciled() {
+        ("o.status_cached_seq = o.status_seq and o.status_epoch = e.epoch", " cross join registry_epoch e")
     } else {
-        ("true", "objects o")
+        ("true", "")
     };
-    let key = if by_uid { "o.uid = $1" } else { "o.namespace = $1 and o.name = $2" };
+    let keys = match (by_uid, batch) {
+        (true, false) => {
+            "(select $1::uuid as uid, $2::bigint as row_version, $3::bigint as resource_version, 1::bigint as position) k"
+        }
+        (false, false) => {
+            "(select $1::text as namespace, $2::text as name, $3::bigint as row_version, \
+             $4::bigint as resource_version, 1::bigint as position) k"
+        }
+        (true, true) => {
+            "unnest($1::uuid[], $2::bigint[], $3::bigint[]) with ordinality as k(uid, row_version, resource_version, position)"
+        }
+        (false, true) => {
+            "unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) \
+             with ordinality as k(namespace, name, row_version, resource_version, position)"
+        }
+    };
+    let key = if by_uid { "o.uid = k.uid" } else { "o.namespace = k.namespace and o.name = k.name" };
+    // each key looks its object up with the index (a key names at most one object): the `limit` keeps the planner
+    // from turning the lookups into a join of every object of the kind, which it did on a table without
+    // statistics yet (a GET cost ~4 times as much)
     format!(
-        "select o.namespace, o.name, case when {fresh} then {} end as body from {from} where o.kind = '{}' and {key}",
+        "select k.position, o.namespace, o.name, o.xmin::text::bigint as row_version, o.resource_version,
+            coalesce({fresh}, false) as fresh,
+            case when {fresh} and (o.xmin::text::bigint, o.resource_version) is distinct from (k.row_version, k.resource_version)
+              then {} end as body
+         from {keys} cross join lateral (select o.*, o.xmin from objects o where o.kind = '{}' and {key} limit 1) o{epoch}",
         render_object_sql(kind),
         kind.as_str()
     )
 }
 
-/// The query of several GETs of one kind and key shape, answering `o.uid` first and then the columns of
-/// [`select_json_sql`]: `$1` holds the uids, or `$1, $2` the namespaces and names (pairwise).
-fn select_json_batch_sql(kind: Kind, by_uid: bool) -> String {
-    let single = select_json_sql(kind, by_uid);
-    let key = if by_uid {
-        "o.uid in (select unnest($1::uuid[]))"
-    } else {
-        "(o.namespace, o.name) in (select * from unnest($1::text[], $2::text[]))"
-    };
-    let single_key = if by_uid { "o.uid = $1" } else { "o.namespace = $1 and o.name = $2" };
-    single.replacen("select ", "select o.uid, ", 1).replace(single_key, key)
-}
+/// The GET queries, one per kind, key shape and batching, built once (they are prepared once per connection).
+static SELECT_JSON: LazyLock<[[[String; 2]; 2]; 3]> = LazyLock::new(|| {
+    Kind::ALL.map(|kind| [true, false].map(|by_uid| [false, true].map(|batch| select_json_sql(kind, by_uid, batch))))
+});
 
-/// The GET queries, one per kind and key shape, built once (they are prepared once per connection).
-static SELECT_JSON: LazyLock<[[String; 2]; 3]> =
-    LazyLock::new(|| Kind::ALL.map(|kind| [select_json_sql(kind, true), select_json_sql(kind, false)]));
-
-/// The batched GET queries, as [`SELECT_JSON`].
-static SELECT_JSON_BATCH: LazyLock<[[String; 2]; 3]> =
-    LazyLock::new(|| Kind::ALL.map(|kind| [select_json_batch_sql(kind, true), select_json_batch_sql(kind, false)]));
-
-/// The GET query of `kind` by uid (`$1`) or by namespace and name (`$1`, `$2`).
-pub(crate) fn select_json(kind: Kind, by_uid: bool) -> &'static str {
+/// The GET query of `kind` by uid or by namespace and name, for one GET or a batch (see [`select_json_sql`]).
+pub(crate) fn select_json(kind: Kind, by_uid: bool, batch: bool) -> &'static str {
     let index = Kind::ALL.iter().position(|each| *each == kind).unwrap_or_default();
-    &SELECT_JSON[index][usize::from(!by_uid)]
-}
-
-/// The GET query of several objects of `kind` by uid (`$1`, an array) or by namespace and name (`$1`, `$2`,
-/// arrays of the same length); its rows start with the uid.
-pub(crate) fn select_json_batch(kind: Kind, by_uid: bool) -> &'static str {
-    let index = Kind::ALL.iter().position(|each| *each == kind).unwrap_or_default();
-    &SELECT_JSON_BATCH[index][usize::from(!by_uid)]
+    &SELECT_JSON[index][usize::from(!by_uid)][usize::from(batch)]
 }
 
 /// One object as a GET answers it: its JSON body, and the fields that authorization needs.

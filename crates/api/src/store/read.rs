@@ -11,8 +11,9 @@ use sqlx::{PgExecutor, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::batch::{BatchFuture, Batcher};
+use super::bodies::{Bodies, Body, RowVersion};
 use super::connections::KeptConnections;
-use super::object::{CacheWrite, ObjectJson, ObjectRow, select_json, select_json_batch, select_object};
+use super::object::{CacheWrite, ObjectJson, ObjectRow, select_json, select_object};
 use super::{ObjectKey, Result, Store, StoreError, StoredObject, is_connection_error};
 
 /// Lists hold at most this many items per page.
@@ -159,8 +160,21 @@ pub(crate) fn now_seconds() -> jiff::Timestamp {
     jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).expect("now is a valid timestamp")
 }
 
-/// A GET's row: the object's namespace and name, and its JSON when the cached aggregate is fresh.
-pub(crate) type JsonRow = (String, String, Option<String>);
+/// What a GET's statement answers for one key.
+pub(crate) enum Row {
+    /// The object's namespace, name and body (kept or fresh).
+    Found {
+        namespace: String,
+        name: String,
+        body: Bytes,
+    },
+    /// The object's cached aggregate is stale: its body takes the aggregating path.
+    Stale {
+        namespace: String,
+        name: String,
+    },
+    Missing,
+}
 
 /// One GET waiting for a shared statement.
 pub(crate) struct GetItem {
@@ -168,31 +182,46 @@ pub(crate) struct GetItem {
     key: ObjectKey,
 }
 
-/// What a shared statement answers one GET.
-pub(crate) enum Fetched {
-    Found(JsonRow),
-    Missing,
-    /// The statement failed; the GET runs its own.
-    Failed,
-}
+/// What a shared statement answers one GET: its row, or `None` when the statement failed (the GET then runs its
+/// own).
+pub(crate) type Fetched = Option<Row>;
 
 /// GETs running at once in shared statements; more wait and go together in the next one.
 const GET_RUNNERS: usize = 2;
 /// GETs in one shared statement at most.
 const GET_BATCH: usize = 64;
 
+/// The connections of GETs' shared statements: a pool of their own, with generic plans. PostgreSQL would otherwise
+/// plan a batch anew every time (knowing the length of its arrays, the custom plan always looks cheaper than the
+/// generic one), and planning the rendering costs several times its execution.
+pub(crate) fn get_pool(pool: &PgPool) -> PgPool {
+    let options = pool.connect_options().as_ref().clone().options([("plan_cache_mode", "force_generic_plan")]);
+    let limit = GET_RUNNERS as u32;
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(limit)
+        .min_connections(0)
+        .acquire_timeout(pool.options().get_acquire_timeout())
+        .connect_lazy_with(options)
+}
+
 /// The batcher of [`Store::get_json`]: GETs arriving while others are in the database share the next statement,
-/// one per kind and key shape (uids, or namespace and name pairs, from `unnest`). Statements run on
-/// the kept connections of `reads`; a lone GET runs the one-row query.
-pub(crate) fn get_batcher(pool: PgPool, reads: KeptConnections) -> Batcher<GetItem, Fetched> {
+/// one per kind and key shape (uids, or namespace and name pairs, from `unnest`). Statements run on kept
+/// connections of `pool` (see [`get_pool`]); a lone GET runs the one-row query.
+pub(crate) fn get_batcher(pool: PgPool, bodies: Bodies) -> Batcher<GetItem, Fetched> {
+    let reads = KeptConnections::new(GET_RUNNERS);
     Batcher::new(GET_RUNNERS, GET_BATCH, move |items: Vec<GetItem>| {
-        let (pool, reads) = (pool.clone(), reads.clone());
-        Box::pin(async move { fetch_json_batch(&pool, &reads, items).await }) as BatchFuture<Fetched>
+        let (pool, reads, bodies) = (pool.clone(), reads.clone(), bodies.clone());
+        Box::pin(async move { fetch_json_batch(&pool, &reads, &bodies, items).await }) as BatchFuture<Fetched>
     })
 }
 
-async fn fetch_json_batch(pool: &PgPool, reads: &KeptConnections, items: Vec<GetItem>) -> Vec<Fetched> {
-    let mut outputs: Vec<Fetched> = items.iter().map(|_| Fetched::Failed).collect();
+async fn fetch_json_batch(
+    pool: &PgPool,
+    reads: &KeptConnections,
+    bodies: &Bodies,
+    items: Vec<GetItem>,
+) -> Vec<Fetched> {
+    let mut outputs: Vec<Fetched> = items.iter().map(|_| None).collect();
     let mut shapes: Vec<(Kind, bool)> = Vec::new();
     for item in &items {
         let shape = (item.kind, matches!(item.key, ObjectKey::Uid(_)));
@@ -208,7 +237,7 @@ async fn fetch_json_batch(pool: &PgPool, reads: &KeptConnections, items: Vec<Get
             .map(|(index, item)| (index, item.key.clone()))
             .unzip();
         let Ok(mut lent) = reads.take(pool).await else { continue };
-        let rows = match fetch_json(&mut *lent.connection, kind, &keys).await {
+        let rows = match fetch_json(&mut *lent.connection, bodies, kind, &keys).await {
             Ok(rows) => {
                 reads.give_back(lent);
                 Ok(rows)
@@ -216,66 +245,87 @@ async fn fetch_json_batch(pool: &PgPool, reads: &KeptConnections, items: Vec<Get
             // a kept connection that broke while it waited (the server restarted): once more on a tested one
             Err(error) if lent.reused && is_connection_error(&error) => {
                 drop(lent);
-                fetch_json(pool, kind, &keys).await
+                fetch_json(pool, bodies, kind, &keys).await
             }
             Err(error) => Err(error),
         };
         let Ok(rows) = rows else { continue };
         for (index, row) in indexes.into_iter().zip(rows) {
-            outputs[index] = match row {
-                Some(row) => Fetched::Found(row),
-                None => Fetched::Missing,
-            };
+            outputs[index] = Some(row);
         }
     }
     outputs
 }
 
-/// The GET rows of `keys` (all of one shape), in their order: one statement however many.
+/// A row of [`select_json`].
+type JsonRow = (i64, String, String, i64, i64, bool, Option<String>);
+
+/// The GET rows of `keys` (all of one shape), in their order: one statement however many. Sends the version of
+/// each body `bodies` holds, answers it when the row still has that version, and keeps newly rendered ones.
 async fn fetch_json<'c>(
     executor: impl PgExecutor<'c>,
+    bodies: &Bodies,
     kind: Kind,
     keys: &[ObjectKey],
-) -> std::result::Result<Vec<Option<JsonRow>>, sqlx::Error> {
-    if let [key] = keys {
-        let query = match key {
-            ObjectKey::Uid(uid) => sqlx::query_as(select_json(kind, true)).bind(*uid),
-            ObjectKey::Name { namespace, name } => {
-                sqlx::query_as(select_json(kind, false)).bind(namespace.as_str()).bind(name.as_str())
-            }
-        };
-        return Ok(vec![query.fetch_optional(executor).await?]);
-    }
+) -> std::result::Result<Vec<Row>, sqlx::Error> {
+    let held: Vec<Option<Body>> = keys.iter().map(|key| bodies.get(kind, key)).collect();
+    let transactions: Vec<Option<i64>> =
+        held.iter().map(|body| body.as_ref().map(|body| body.version.transaction)).collect();
+    let versions: Vec<Option<i64>> =
+        held.iter().map(|body| body.as_ref().map(|body| body.version.resource_version)).collect();
     let by_uid = matches!(keys.first(), Some(ObjectKey::Uid(_)));
-    let query = sqlx::query_as(select_json_batch(kind, by_uid));
-    let query = if by_uid {
-        let uids: Vec<Uuid> =
-            keys.iter().filter_map(|key| if let ObjectKey::Uid(uid) = key { Some(*uid) } else { None }).collect();
-        query.bind(uids)
+    let rows: Vec<JsonRow> = if let ([key], [transaction], [version]) = (keys, &transactions[..], &versions[..]) {
+        let query = sqlx::query_as(select_json(kind, by_uid, false));
+        let query = match key {
+            ObjectKey::Uid(uid) => query.bind(*uid),
+            ObjectKey::Name { namespace, name } => query.bind(namespace.as_str()).bind(name.as_str()),
+        };
+        query.bind(transaction).bind(version).fetch_all(executor).await?
     } else {
-        let (namespaces, names): (Vec<&str>, Vec<&str>) = keys
-            .iter()
-            .filter_map(|key| match key {
-                ObjectKey::Name { namespace, name } => Some((namespace.as_str(), name.as_str())),
-                ObjectKey::Uid(_) => None,
-            })
-            .unzip();
-        query.bind(namespaces).bind(names)
-    };
-    let rows: Vec<(Uuid, String, String, Option<String>)> = query.fetch_all(executor).await?;
-    Ok(keys
-        .iter()
-        .map(|key| {
-            rows.iter()
-                .find(|(uid, namespace, name, _)| match key {
-                    ObjectKey::Uid(wanted) => uid == wanted,
-                    ObjectKey::Name { namespace: wanted_namespace, name: wanted_name } => {
-                        namespace == wanted_namespace && name == wanted_name
-                    }
+        let query = sqlx::query_as(select_json(kind, by_uid, true));
+        let query = if by_uid {
+            let uids: Vec<Uuid> =
+                keys.iter().filter_map(|key| if let ObjectKey::Uid(uid) = key { Some(*uid) } else { None }).collect();
+            query.bind(uids)
+        } else {
+            let (namespaces, names): (Vec<&str>, Vec<&str>) = keys
+                .iter()
+                .filter_map(|key| match key {
+                    ObjectKey::Name { namespace, name } => Some((namespace.as_str(), name.as_str())),
+                    ObjectKey::Uid(_) => None,
                 })
-                .map(|(_, namespace, name, body)| (namespace.clone(), name.clone(), body.clone()))
-        })
-        .collect())
+                .unzip();
+            query.bind(namespaces).bind(names)
+        };
+        query.bind(transactions).bind(versions).fetch_all(executor).await?
+    };
+    let mut answers: Vec<Row> = keys.iter().map(|_| Row::Missing).collect();
+    let mut held = held;
+    for (position, namespace, name, transaction, resource_version, fresh, body) in rows {
+        let Some(index) = usize::try_from(position).ok().and_then(|position| position.checked_sub(1)) else {
+            continue;
+        };
+        let Some(answer) = answers.get_mut(index) else { continue };
+        let version = RowVersion { transaction, resource_version };
+        *answer = match (fresh, body) {
+            (false, _) => Row::Stale { namespace, name },
+            (true, Some(body)) => {
+                let body = Bytes::from(body);
+                bodies.keep(kind, keys[index].clone(), Body { version, json: body.clone() });
+                Row::Found { namespace, name, body }
+            }
+            (true, None) => match held[index].take() {
+                Some(kept) if kept.version == version => {
+                    bodies.reused();
+                    Row::Found { namespace, name, body: kept.json }
+                }
+                // the statement rendered nothing although this GET holds no body of this version: it cannot
+                // happen, and if it did, the aggregating path answers correctly
+                _ => Row::Stale { namespace, name },
+            },
+        };
+    }
+    Ok(answers)
 }
 
 impl Store {
@@ -290,21 +340,23 @@ impl Store {
 
     /// Gets one object as the JSON body of a GET. A row whose cached aggregate is fresh (the common case) is
     /// rendered by PostgreSQL in the same statement that checks freshness, and its text is passed through without
-    /// being decoded; a stale row takes the path of [`Store::get`], which recomputes the aggregate and caches it.
-    /// Concurrent GETs share statements (see [`get_batcher`]).
+    /// being decoded; when this process holds the body of the row's version, the statement leaves the rendering out
+    /// and the held body is answered (see [`super::bodies`]). A stale row takes the path of [`Store::get`], which
+    /// recomputes the aggregate and caches it. Concurrent GETs share statements (see [`get_batcher`]).
     pub async fn get_json(&self, kind: Kind, key: &ObjectKey) -> Result<ObjectJson> {
-        let row = match self.gets.submit(GetItem { kind, key: key.clone() }).await {
-            Some(Fetched::Found(row)) => Some(row),
-            Some(Fetched::Missing) => None,
+        let row = match self.gets.submit(GetItem { kind, key: key.clone() }).await.flatten() {
+            Some(row) => row,
             // the shared statement failed: this GET's own one says why (or succeeds)
-            Some(Fetched::Failed) | None => fetch_json(&self.pool, kind, std::slice::from_ref(key)).await?.remove(0),
+            None => fetch_json(&self.pool, &self.bodies, kind, std::slice::from_ref(key)).await?.remove(0),
         };
-        let (namespace, name, body) = row.ok_or_else(|| StoreError::NotFound { kind, name: key.describe() })?;
-        let body = match body {
-            Some(body) => Bytes::from(body),
-            None => Bytes::from(serde_json::to_vec(&self.get(kind, key).await?).expect("objects serialize")),
-        };
-        Ok(ObjectJson { kind, namespace, name, body })
+        match row {
+            Row::Found { namespace, name, body } => Ok(ObjectJson { kind, namespace, name, body }),
+            Row::Stale { namespace, name } => {
+                let body = Bytes::from(serde_json::to_vec(&self.get(kind, key).await?).expect("objects serialize"));
+                Ok(ObjectJson { kind, namespace, name, body })
+            }
+            Row::Missing => Err(StoreError::NotFound { kind, name: key.describe() }),
+        }
     }
 
     /// Lists objects in (namespace, name) order, one page at a time.
