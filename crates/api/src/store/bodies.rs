@@ -41,6 +41,17 @@ pub(crate) struct Body {
 
 type Key = (Kind, ObjectKey);
 
+/// A borrowed [`Key`] for lookups, so that a GET's lookup copies no namespace and name. Hashes as the tuple does
+/// (its fields in order).
+#[derive(Hash)]
+struct KeyRef<'a>(Kind, &'a ObjectKey);
+
+impl quick_cache::Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        self.0 == key.0 && *self.1 == key.1
+    }
+}
+
 #[derive(Clone)]
 struct BodyWeight;
 
@@ -73,7 +84,7 @@ impl Default for Bodies {
 impl Bodies {
     /// The body kept for `key`, if any.
     pub(crate) fn get(&self, kind: Kind, key: &ObjectKey) -> Option<Body> {
-        self.cache.get(&(kind, key.clone()))
+        self.cache.get(&KeyRef(kind, key))
     }
 
     pub(crate) fn keep(&self, kind: Kind, key: ObjectKey, body: Body) {
@@ -88,5 +99,28 @@ impl Bodies {
     /// The count of GETs answered with a kept body (shared: a clone counts along).
     pub(crate) fn reused_counter(&self) -> Counter {
         self.reused.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The borrowed lookup key must hash and compare as the kept key does, or every lookup misses.
+    #[test]
+    fn a_body_kept_under_a_key_is_found_by_that_key_only() {
+        let bodies = Bodies::default();
+        let body = |json: &'static str| Body {
+            version: RowVersion { transaction: 1, resource_version: 2 },
+            json: Bytes::from_static(json.as_bytes()),
+        };
+        let uid = ObjectKey::Uid(uuid::Uuid::new_v4());
+        let name = ObjectKey::name("default", "web");
+        bodies.keep(Kind::Cluster, uid.clone(), body("by uid"));
+        bodies.keep(Kind::Cluster, name.clone(), body("by name"));
+        assert_eq!(bodies.get(Kind::Cluster, &uid).map(|body| body.json), Some(Bytes::from_static(b"by uid")));
+        assert_eq!(bodies.get(Kind::Cluster, &name).map(|body| body.json), Some(Bytes::from_static(b"by name")));
+        assert!(bodies.get(Kind::Service, &name).is_none());
+        assert!(bodies.get(Kind::Cluster, &ObjectKey::name("default", "api")).is_none());
     }
 }

@@ -102,11 +102,12 @@ fn select_json_sql(kind: Kind, by_uid: bool, batch: bool) -> String {
     // from turning the lookups into a join of every object of the kind, which it did on a table without
     // statistics yet (a GET cost ~4 times as much)
     format!(
-        "select k.position, o.namespace, o.name, o.xmin::text::bigint as row_version, o.resource_version,
+        "select k.position, o.namespace, o.name, o.row_version, o.resource_version,
             coalesce({fresh}, false) as fresh,
-            case when {fresh} and (o.xmin::text::bigint, o.resource_version) is distinct from (k.row_version, k.resource_version)
+            case when {fresh} and (o.row_version, o.resource_version) is distinct from (k.row_version, k.resource_version)
               then {} end as body
-         from {keys} cross join lateral (select o.*, o.xmin from objects o where o.kind = '{}' and {key} limit 1) o{epoch}",
+         from {keys} cross join lateral (select o.*, o.xmin::text::bigint as row_version from objects o
+            where o.kind = '{}' and {key} limit 1) o{epoch}",
         render_object_sql(kind),
         kind.as_str()
     )

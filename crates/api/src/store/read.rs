@@ -268,7 +268,7 @@ async fn fetch_json<'c>(
     kind: Kind,
     keys: &[ObjectKey],
 ) -> std::result::Result<Vec<Row>, sqlx::Error> {
-    let held: Vec<Option<Body>> = keys.iter().map(|key| bodies.get(kind, key)).collect();
+    let mut held: Vec<Option<Body>> = keys.iter().map(|key| bodies.get(kind, key)).collect();
     let transactions: Vec<Option<i64>> =
         held.iter().map(|body| body.as_ref().map(|body| body.version.transaction)).collect();
     let versions: Vec<Option<i64>> =
@@ -300,7 +300,6 @@ async fn fetch_json<'c>(
         query.bind(transactions).bind(versions).fetch_all(executor).await?
     };
     let mut answers: Vec<Row> = keys.iter().map(|_| Row::Missing).collect();
-    let mut held = held;
     for (position, namespace, name, transaction, resource_version, fresh, body) in rows {
         let Some(index) = usize::try_from(position).ok().and_then(|position| position.checked_sub(1)) else {
             continue;
