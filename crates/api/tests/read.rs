@@ -333,3 +333,26 @@ async fn a_get_reuses_a_held_body_only_while_the_row_is_unchanged() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn lists_run_on_connections_of_their_own() {
+    bounded(async {
+        let api = TestApi::start().await;
+        api.create_cluster("prod", "gcp").await;
+        let path = "/apis/cls.dev/v1alpha1/namespaces/default/clusters";
+        // the GET caches the aggregate: the list then needs nothing but its own statement
+        get_json(&api, &format!("{path}/prod")).await;
+        // take every connection the pool will give (some are kept by the store's writers)
+        let mut held = Vec::new();
+        while let Ok(connection) = tokio::time::timeout(Duration::from_millis(500), api.db.pool.acquire()).await {
+            held.push(connection.expect("a connection of the pool"));
+        }
+        assert!(!held.is_empty());
+        let list = tokio::time::timeout(Duration::from_secs(10), get_json(&api, path))
+            .await
+            .expect("the list answered while every connection of the pool was taken");
+        assert_eq!(list["items"][0]["metadata"]["name"], "prod");
+        drop(held);
+    })
+    .await;
+}

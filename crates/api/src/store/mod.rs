@@ -188,6 +188,8 @@ pub struct Store {
     registry: RegistryCache,
     /// Concurrent GETs' shared statements.
     gets: batch::Batcher<read::GetItem, read::Fetched>,
+    /// The connections of lists (generic plans; see [`read::list_pool`]).
+    lists: sqlx::PgPool,
     /// The bodies of recent GETs, rendered once per version of their row.
     bodies: bodies::Bodies,
     /// Connections controller reports keep out of the pool's acquire and release round trips.
@@ -207,6 +209,7 @@ impl Store {
         let (committed, _) = watch::channel(0);
         let bodies = bodies::Bodies::default();
         let gets = read::get_batcher(read::get_pool(&pool), bodies.clone());
+        let lists = read::list_pool(&pool);
         let reports = KeptConnections::for_pool(&pool);
         let audit_connections = KeptConnections::new(1);
         Store {
@@ -214,6 +217,7 @@ impl Store {
             schedule,
             registry: RegistryCache::default(),
             gets,
+            lists,
             bodies,
             reports,
             audit_connections,

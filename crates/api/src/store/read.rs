@@ -191,12 +191,26 @@ const GET_RUNNERS: usize = 2;
 /// GETs in one shared statement at most.
 const GET_BATCH: usize = 64;
 
+/// Connections of lists at once.
+pub(crate) const LIST_CONNECTIONS: u32 = 8;
+
 /// The connections of GETs' shared statements: a pool of their own, with generic plans. PostgreSQL would otherwise
 /// plan a batch anew every time (knowing the length of its arrays, the custom plan always looks cheaper than the
 /// generic one), and planning the rendering costs several times its execution.
 pub(crate) fn get_pool(pool: &PgPool) -> PgPool {
+    generic_plan_pool(pool, GET_RUNNERS as u32)
+}
+
+/// The connections of lists: a pool of their own, with generic plans. A page of 10 Clusters cost PostgreSQL ~580 us
+/// of CPU, half of it planning the statement anew (its aggregate subquery) for every request: with the custom plan
+/// looking cheaper than the generic one, PostgreSQL never switched.
+pub(crate) fn list_pool(pool: &PgPool) -> PgPool {
+    generic_plan_pool(pool, LIST_CONNECTIONS)
+}
+
+/// Up to `limit` connections like `pool`'s, opened on demand, that plan each prepared statement once.
+fn generic_plan_pool(pool: &PgPool, limit: u32) -> PgPool {
     let options = pool.connect_options().as_ref().clone().options([("plan_cache_mode", "force_generic_plan")]);
-    let limit = GET_RUNNERS as u32;
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(limit)
         .min_connections(0)
@@ -389,14 +403,14 @@ impl Store {
         if !query.all {
             builder.push(" limit ").push_bind(limit + 1);
         }
-        let mut rows: Vec<ObjectRow> = builder.build_query_as().fetch_all(&self.pool).await?;
+        let mut rows: Vec<ObjectRow> = builder.build_query_as().fetch_all(&self.lists).await?;
         let resource_version = match rows.first() {
             Some(row) => row.list_resource_version.unwrap_or_default(),
             None => {
                 let mut builder = QueryBuilder::new("");
                 push_list_version(&mut builder, query.feed_cursor);
                 builder.push("select value from list_version");
-                let (version,): (i64,) = builder.build_query_as().fetch_one(&self.pool).await?;
+                let (version,): (i64,) = builder.build_query_as().fetch_one(&self.lists).await?;
                 version
             }
         };
