@@ -25,7 +25,8 @@ pub struct BenchArgs {
     /// PostgreSQL to use; by default a temporary one of its own. pgbench tables are created in it and dropped.
     #[arg(long, env = "DATABASE_URL", global = true)]
     pub database_url: Option<String>,
-    /// How long each measured run lasts.
+    /// How long each measurement runs in all (`read`, `write` and `list` take it in four rounds, taking turns with
+    /// their baseline).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, global = true)]
     pub duration: Duration,
     #[command(subcommand)]
