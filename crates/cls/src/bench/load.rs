@@ -140,7 +140,7 @@ struct Figure {
 const ROUNDS: u32 = 4;
 
 /// Runs `runs` for `duration` each, cut into [`ROUNDS`] rounds that take turns: A B C, then C B A, and so on. This
-/// machine is shared and its speed drifts by tens of percent within a minute (pgbench -S alone: 38,000-57,000 tps
+/// machine is shared and its speed drifts by tens of percent within a minute (pgbench -S alone: 33,000-57,000 tps
 /// in consecutive runs); one measurement after the other put that drift between a figure and its baseline, taking
 /// turns puts it on both.
 async fn interleaved(environment: &Environment, runs: &[Run<'_>], duration: Duration) -> anyhow::Result<Vec<Figure>> {
@@ -192,8 +192,8 @@ pub(super) async fn drop_pgbench_tables(environment: &Environment) -> anyhow::Re
 }
 
 /// GETs round-robin over `paths`, from a random start. The requests are formatted once per thread, in `init`
-/// (after wrk has set the Host header): formatting each anew cost the load generator, which shares the machine's
-/// cores with the API and PostgreSQL, more CPU than pgbench's client spends on a transaction.
+/// (after wrk has set the Host header), not once per request: the load generator shares the machine's cores with
+/// the API and PostgreSQL, so its CPU per request counts against the figure.
 fn get_script(paths: &[String]) -> String {
     format!(
         r#"local paths = {}
