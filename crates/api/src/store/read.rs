@@ -192,7 +192,7 @@ const GET_RUNNERS: usize = 2;
 const GET_BATCH: usize = 64;
 
 /// Connections of lists at once.
-pub(crate) const LIST_CONNECTIONS: u32 = 8;
+const LIST_CONNECTIONS: u32 = 8;
 
 /// The connections of GETs' shared statements: a pool of their own, with generic plans. PostgreSQL would otherwise
 /// plan a batch anew every time (knowing the length of its arrays, the custom plan always looks cheaper than the

@@ -143,12 +143,16 @@ const ROUNDS: u32 = 4;
 /// machine is shared and its speed drifts by tens of percent within a minute (pgbench -S alone: 33,000-57,000 tps
 /// in consecutive runs); one measurement after the other put that drift between a figure and its baseline, taking
 /// turns puts it on both.
-async fn interleaved(environment: &Environment, runs: &[Run<'_>], duration: Duration) -> anyhow::Result<Vec<Figure>> {
+async fn interleaved<const N: usize>(
+    environment: &Environment,
+    runs: &[Run<'_>; N],
+    duration: Duration,
+) -> anyhow::Result<[Figure; N]> {
     let round = Duration::from_secs((duration.as_secs() / u64::from(ROUNDS)).max(1));
     if runs.iter().any(|run| matches!(run, Run::Pgbench { .. })) {
         ensure_pgbench_tables(environment).await?;
     }
-    let mut loads: Vec<Vec<Load>> = runs.iter().map(|_| Vec::new()).collect();
+    let mut loads: [Vec<Load>; N] = std::array::from_fn(|_| Vec::new());
     for number in 0..ROUNDS {
         for index in round_order(number, runs.len()) {
             let load = match &runs[index] {
@@ -162,7 +166,7 @@ async fn interleaved(environment: &Environment, runs: &[Run<'_>], duration: Dura
             loads[index].push(load);
         }
     }
-    Ok(loads.into_iter().map(|rounds| summarize(&rounds)).collect())
+    Ok(loads.map(|rounds| summarize(&rounds)))
 }
 
 /// The order of `count` measurements in round `number`: forwards, then backwards.
@@ -231,8 +235,7 @@ pub async fn read(environment: &Environment, duration: Duration) -> anyhow::Resu
             Run::Wrk { script: &name_script, connections },
             Run::Pgbench { arguments: &["-S"], clients: connections },
         ];
-        let [uid, name, baseline] = <[Figure; 3]>::try_from(interleaved(environment, &runs, duration).await?)
-            .map_err(|_| anyhow::anyhow!("three measurements"))?;
+        let [uid, name, baseline] = interleaved(environment, &runs, duration).await?;
         println!(
             "GET by uid,  concurrency {connections}: {:.0} req/s (p50 {:.2} ms, p99 {:.2} ms)",
             uid.per_second, uid.p50_ms, uid.p99_ms
@@ -261,8 +264,7 @@ pub async fn write(environment: &Environment, duration: Duration) -> anyhow::Res
         .error_for_status()?;
     let script = write_script(&uids);
     let runs = [Run::Wrk { script: &script, connections: 8 }, Run::Pgbench { arguments: &["-N"], clients: 8 }];
-    let [load, baseline] = <[Figure; 2]>::try_from(interleaved(environment, &runs, duration).await?)
-        .map_err(|_| anyhow::anyhow!("two measurements"))?;
+    let [load, baseline] = interleaved(environment, &runs, duration).await?;
     drop_pgbench_tables(environment).await?;
     println!(
         "controller report (PUT status), concurrency 8: {:.0} req/s (p50 {:.2} ms, p99 {:.2} ms)",
@@ -315,8 +317,7 @@ pub async fn list(environment: &Environment, duration: Duration) -> anyhow::Resu
         .collect();
     let script = get_script(&pages);
     let runs = [Run::Wrk { script: &script, connections: 10 }, Run::Pgbench { arguments: &["-S"], clients: 10 }];
-    let [load, baseline] = <[Figure; 2]>::try_from(interleaved(environment, &runs, duration).await?)
-        .map_err(|_| anyhow::anyhow!("two measurements"))?;
+    let [load, baseline] = interleaved(environment, &runs, duration).await?;
     drop_pgbench_tables(environment).await?;
     println!(
         "list 10 of {count} Clusters, concurrency 10: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
