@@ -334,6 +334,64 @@ async fn a_get_reuses_a_held_body_only_while_the_row_is_unchanged() {
     .await;
 }
 
+/// When this process holds a body for every GET of a shared statement, the statement only checks their versions:
+/// the GETs whose row changed meanwhile must still answer the new object (rendered by a second statement), the
+/// others the held body, and an object deleted meanwhile 404.
+#[tokio::test]
+async fn concurrent_gets_holding_bodies_answer_each_change() {
+    bounded(async {
+        let api = TestApi::start().await;
+        let mut uids = Vec::new();
+        for index in 0..12 {
+            uids.push(uid(&api.create_cluster(&format!("c{index}"), "gcp").await));
+        }
+        let keys: Vec<(usize, ObjectKey)> = uids
+            .iter()
+            .enumerate()
+            .flat_map(|(index, id)| {
+                [
+                    (index, ObjectKey::Uid(id.parse().expect("a uuid"))),
+                    (index, ObjectKey::name("default", &format!("c{index}"))),
+                ]
+            })
+            .collect();
+        // every key's body is held (the first GET caches the aggregate, the second renders the body kept)
+        for _ in 0..2 {
+            for (_, key) in &keys {
+                api.store.get_json(Kind::Cluster, key).await.expect("found");
+            }
+        }
+        // every third object changes in SQL (its resourceVersion stays), the last one is deleted
+        for (index, id) in uids.iter().enumerate().filter(|(index, _)| index % 3 == 0) {
+            sqlx::query("update objects set annotations = jsonb_build_object('round', $2::text) where uid = $1::uuid")
+                .bind(id)
+                .bind(index.to_string())
+                .execute(&api.db.pool)
+                .await
+                .expect("update");
+        }
+        sqlx::query("delete from objects where uid = $1::uuid").bind(&uids[11]).execute(&api.db.pool).await.unwrap();
+
+        let rounds: Vec<&(usize, ObjectKey)> = (0..5).flat_map(|_| keys.iter()).collect();
+        let answers =
+            futures::future::join_all(rounds.iter().map(|(_, key)| api.store.get_json(Kind::Cluster, key))).await;
+        for ((index, key), answer) in rounds.into_iter().zip(answers) {
+            match answer {
+                Ok(found) => {
+                    assert_ne!(*index, 11, "{key:?}: deleted, yet found");
+                    let body: Value = serde_json::from_slice(&found.body).expect("a JSON body");
+                    assert_eq!(body["metadata"]["name"], format!("c{index}"), "{key:?}");
+                    let expected = if index % 3 == 0 { json!({"round": index.to_string()}) } else { Value::Null };
+                    assert_eq!(body["metadata"]["annotations"], expected, "{key:?}");
+                }
+                Err(cls_api::store::StoreError::NotFound { .. }) => assert_eq!(*index, 11, "{key:?}: not found"),
+                Err(error) => panic!("{key:?}: {error}"),
+            }
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn lists_run_on_connections_of_their_own() {
     bounded(async {

@@ -7,7 +7,7 @@ use cls_core::Kind;
 use cls_core::selector::{FieldRequirement, FieldSelector, LabelRequirement, LabelSelector};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sqlx::{PgExecutor, PgPool, Postgres, QueryBuilder};
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::batch::{BatchFuture, Batcher};
@@ -259,7 +259,10 @@ async fn fetch_json_batch(
             // a kept connection that broke while it waited (the server restarted): once more on a tested one
             Err(error) if lent.reused && is_connection_error(&error) => {
                 drop(lent);
-                fetch_json(pool, bodies, kind, &keys).await
+                match pool.acquire().await {
+                    Ok(mut connection) => fetch_json(&mut connection, bodies, kind, &keys).await,
+                    Err(error) => Err(error),
+                }
             }
             Err(error) => Err(error),
         };
@@ -274,29 +277,57 @@ async fn fetch_json_batch(
 /// A row of [`select_json`].
 type JsonRow = (i64, String, String, i64, i64, bool, Option<String>);
 
-/// The GET rows of `keys` (all of one shape), in their order: one statement however many. Sends the version of
-/// each body `bodies` holds, answers it when the row still has that version, and keeps newly rendered ones.
-async fn fetch_json<'c>(
-    executor: impl PgExecutor<'c>,
+/// The GET rows of `keys` (all of one shape), in their order. When `bodies` holds a body for every key (the steady
+/// state of objects read again and again), one statement checks their versions without rendering, and the keys
+/// whose row changed go again in a rendering one; otherwise one rendering statement sends the held versions and
+/// renders only the rest. Newly rendered bodies are kept.
+async fn fetch_json(
+    connection: &mut PgConnection,
     bodies: &Bodies,
     kind: Kind,
     keys: &[ObjectKey],
 ) -> std::result::Result<Vec<Row>, sqlx::Error> {
-    let mut held: Vec<Option<Body>> = keys.iter().map(|key| bodies.get(kind, key)).collect();
+    let held: Vec<Option<Body>> = keys.iter().map(|key| bodies.get(kind, key)).collect();
+    if !held.iter().all(Option::is_some) {
+        return Ok(answer_rows(connection, bodies, kind, keys, held, true).await?.0);
+    }
+    let (mut answers, changed) = answer_rows(connection, bodies, kind, keys, held, false).await?;
+    if !changed.is_empty() {
+        let changed_keys: Vec<ObjectKey> = changed.iter().map(|index| keys[*index].clone()).collect();
+        let unheld = changed.iter().map(|_| None).collect();
+        let (rendered, _) = answer_rows(connection, bodies, kind, &changed_keys, unheld, true).await?;
+        for (index, row) in changed.into_iter().zip(rendered) {
+            answers[index] = row;
+        }
+    }
+    Ok(answers)
+}
+
+/// Runs one GET statement for `keys` holding the bodies `held` (one per key), rendering or not. Answers a row per
+/// key, and the positions of the keys whose held body is out of date (only without `render`; their answer is then
+/// a placeholder).
+async fn answer_rows(
+    connection: &mut PgConnection,
+    bodies: &Bodies,
+    kind: Kind,
+    keys: &[ObjectKey],
+    mut held: Vec<Option<Body>>,
+    render: bool,
+) -> std::result::Result<(Vec<Row>, Vec<usize>), sqlx::Error> {
     let transactions: Vec<Option<i64>> =
         held.iter().map(|body| body.as_ref().map(|body| body.version.transaction)).collect();
     let versions: Vec<Option<i64>> =
         held.iter().map(|body| body.as_ref().map(|body| body.version.resource_version)).collect();
     let by_uid = matches!(keys.first(), Some(ObjectKey::Uid(_)));
     let rows: Vec<JsonRow> = if let ([key], [transaction], [version]) = (keys, &transactions[..], &versions[..]) {
-        let query = sqlx::query_as(select_json(kind, by_uid, false));
+        let query = sqlx::query_as(select_json(kind, by_uid, false, render));
         let query = match key {
             ObjectKey::Uid(uid) => query.bind(*uid),
             ObjectKey::Name { namespace, name } => query.bind(namespace.as_str()).bind(name.as_str()),
         };
-        query.bind(transaction).bind(version).fetch_all(executor).await?
+        query.bind(transaction).bind(version).fetch_all(&mut *connection).await?
     } else {
-        let query = sqlx::query_as(select_json(kind, by_uid, true));
+        let query = sqlx::query_as(select_json(kind, by_uid, true, render));
         let query = if by_uid {
             let uids: Vec<Uuid> =
                 keys.iter().filter_map(|key| if let ObjectKey::Uid(uid) = key { Some(*uid) } else { None }).collect();
@@ -311,9 +342,10 @@ async fn fetch_json<'c>(
                 .unzip();
             query.bind(namespaces).bind(names)
         };
-        query.bind(transactions).bind(versions).fetch_all(executor).await?
+        query.bind(transactions).bind(versions).fetch_all(&mut *connection).await?
     };
     let mut answers: Vec<Row> = keys.iter().map(|_| Row::Missing).collect();
+    let mut changed = Vec::new();
     for (position, namespace, name, transaction, resource_version, fresh, body) in rows {
         let Some(index) = usize::try_from(position).ok().and_then(|position| position.checked_sub(1)) else {
             continue;
@@ -332,13 +364,18 @@ async fn fetch_json<'c>(
                     bodies.reused();
                     Row::Found { namespace, name, body: kept.json }
                 }
-                // the statement rendered nothing although this GET holds no body of this version: it cannot
-                // happen, and if it did, the aggregating path answers correctly
+                // a held body of another version, from a statement that renders nothing: the next one renders it
+                _ if !render => {
+                    changed.push(index);
+                    Row::Missing
+                }
+                // a rendering statement rendered nothing although this GET holds no body of this version: it
+                // cannot happen, and if it did, the aggregating path answers correctly
                 _ => Row::Stale { namespace, name },
             },
         };
     }
-    Ok(answers)
+    Ok((answers, changed))
 }
 
 impl Store {
@@ -360,7 +397,10 @@ impl Store {
         let row = match self.gets.submit(GetItem { kind, key: key.clone() }).await.flatten() {
             Some(row) => row,
             // the shared statement failed: this GET's own one says why (or succeeds)
-            None => fetch_json(&self.pool, &self.bodies, kind, std::slice::from_ref(key)).await?.remove(0),
+            None => {
+                let mut connection = self.pool.acquire().await?;
+                fetch_json(&mut connection, &self.bodies, kind, std::slice::from_ref(key)).await?.remove(0)
+            }
         };
         match row {
             Row::Found { namespace, name, body } => Ok(ObjectJson { kind, namespace, name, body }),
