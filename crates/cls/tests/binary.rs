@@ -194,3 +194,27 @@ fn postgres_running(data_dir: &std::path::Path) -> bool {
         pid_file.lines().next().is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
     })
 }
+
+/// A benchmark runs again on a database where an earlier run left its Clusters (it used to stop at the first
+/// seeding conflict): `cls bench write` twice on one `--database-url`.
+#[tokio::test]
+async fn cls_bench_write_runs_twice_on_one_database() {
+    let db = TestDb::new(&cls_api::store::MIGRATOR).await;
+    for run in 0..2 {
+        let output = tokio::process::Command::new(BINARY)
+            .args(["bench", "write", "--duration", "1s", "--database-url", &db.url])
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("ratio:"),
+            "run {run}: {}\n{stdout}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let clusters: i64 =
+        sqlx::query_scalar("select count(*) from objects where kind = 'Cluster'").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(clusters, 1000, "the second run used the first one's Clusters");
+}

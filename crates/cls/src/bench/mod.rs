@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -147,22 +148,28 @@ impl Environment {
         }
     }
 
-    /// Creates `count` Clusters named `prefix-N` (in parallel) and returns their uids.
+    /// Creates `count` Clusters named `prefix-N` in `default` (in parallel) and returns their uids. One that an
+    /// earlier run on the same database left is used as it is, so that a benchmark runs again on `--database-url`.
     pub async fn seed_clusters(&self, prefix: &str, count: usize) -> anyhow::Result<Vec<String>> {
         let semaphore = Arc::new(tokio::sync::Semaphore::new(16));
         let mut tasks = Vec::with_capacity(count);
         for index in 0..count {
             let client = self.client.clone();
+            let name = format!("{prefix}-{index}");
             let url = format!("{}/api/v1/clusters", self.base);
+            let existing = format!("{}/apis/cls.dev/v1alpha1/namespaces/default/clusters/{name}", self.base);
             let permit = semaphore.clone().acquire_owned().await?;
-            let manifest = json!({"metadata": {"name": format!("{prefix}-{index}"), "labels": {"bench": prefix}},
+            let manifest = json!({"metadata": {"name": name, "labels": {"bench": prefix}},
                                   "spec": {"platform": {"type": "gcp", "region": "europe-west1"}}});
             tasks.push(tokio::spawn(async move {
                 let _permit = permit;
-                let response = client.post(url).json(&manifest).send().await?;
+                let mut response = client.post(url).json(&manifest).send().await?;
+                if response.status() == StatusCode::CONFLICT {
+                    response = client.get(existing).send().await?;
+                }
                 let status = response.status();
                 let body: Value = response.json().await?;
-                if status != 201 {
+                if !status.is_success() {
                     bail!("seeding failed with {status}: {body}");
                 }
                 anyhow::Ok(body["metadata"]["uid"].as_str().unwrap_or_default().to_owned())

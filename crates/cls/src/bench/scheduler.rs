@@ -37,6 +37,11 @@ fn resident_kib(pid: u32) -> Option<u64> {
 /// `cls bench scheduler`.
 pub async fn run(environment: &Environment, objects: i64, duration: Duration) -> anyhow::Result<()> {
     let seeding = Instant::now();
+    // the objects of an earlier run on the same database go first (their schedules with them): the reconciler
+    // would otherwise keep those on schedule too
+    sqlx::query("delete from objects where kind = 'Cluster' and namespace = 'bench'")
+        .execute(&environment.pool)
+        .await?;
     sqlx::query(
         "insert into objects (uid, kind, namespace, name, spec, resource_version, platform)
          select gen_random_uuid(), 'Cluster', 'bench', 'c' || i, '{\"platform\":{\"type\":\"gcp\"}}'::jsonb,
