@@ -351,7 +351,7 @@ async fn concurrent_gets_holding_bodies_answer_each_change() {
             .flat_map(|(index, id)| {
                 [
                     (index, ObjectKey::Uid(id.parse().expect("a uuid"))),
-                    (index, ObjectKey::name("default", &format!("c{index}"))),
+                    (index, ObjectKey::name("default", format!("c{index}"))),
                 ]
             })
             .collect();

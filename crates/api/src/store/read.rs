@@ -251,7 +251,7 @@ async fn fetch_json_batch(
             .map(|(index, item)| (index, item.key.clone()))
             .unzip();
         let Ok(mut lent) = reads.take(pool).await else { continue };
-        let rows = match fetch_json(&mut *lent.connection, bodies, kind, &keys).await {
+        let rows = match fetch_json(&mut lent.connection, bodies, kind, &keys).await {
             Ok(rows) => {
                 reads.give_back(lent);
                 Ok(rows)
