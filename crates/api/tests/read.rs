@@ -414,3 +414,73 @@ async fn lists_run_on_connections_of_their_own() {
     })
     .await;
 }
+
+/// Lists of JSON render their items in PostgreSQL once the items' aggregates are cached: the rendered page must
+/// equal the page the typed path serializes (items, resourceVersion, continue tokens, page by page), and a page
+/// holding a stale aggregate (after a report) must show it recomputed.
+#[tokio::test]
+async fn a_list_renders_its_items_in_postgresql_and_equals_the_typed_list() {
+    bounded(async {
+        let api = TestApi::start().await;
+        api.register("infra", &["Cluster"], &["gcp"]).await;
+        let mut uids = Vec::new();
+        for name in ["a", "b", "c", "d", "e"] {
+            uids.push(uid(&api.create_cluster(name, "gcp").await));
+        }
+        let (status, _) = api
+            .merge(
+                "/apis/cls.dev/v1alpha1/namespaces/default/clusters/b",
+                &json!({"metadata": {"labels": {"team": "x"}, "annotations": {"note": "quote \" and é"}}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let parse = |items: &[bytes::Bytes]| -> Vec<Value> {
+            items.iter().map(|item| serde_json::from_slice(item).expect("an item is JSON")).collect()
+        };
+        let query = |after: Option<cls_api::store::ContinueToken>| cls_api::store::ListQuery {
+            namespace: Some("default".into()),
+            limit: Some(2),
+            continue_after: after,
+            ..Default::default()
+        };
+
+        // the first list finds every aggregate stale: it takes the typed path, which caches them
+        let first = api.store.list_json(Kind::Cluster, &query(None)).await.expect("list");
+        assert!(std::str::from_utf8(&first.items[1]).unwrap().contains(r#""labels":{"team":"x"}"#), "typed");
+        // page by page, the rendered list equals the typed one
+        let mut after = None;
+        let mut names = Vec::new();
+        loop {
+            let rendered = api.store.list_json(Kind::Cluster, &query(after.clone())).await.expect("list");
+            let typed = api.store.list(Kind::Cluster, &query(after.clone())).await.expect("list");
+            let typed_items: Vec<Value> =
+                typed.items.iter().map(|item| serde_json::to_value(item).expect("serializes")).collect();
+            assert_eq!(parse(&rendered.items), typed_items);
+            assert_eq!(rendered.resource_version, typed.resource_version);
+            assert_eq!(rendered.continue_token, typed.continue_token);
+            names.extend(typed_items.iter().map(|item| item["metadata"]["name"].as_str().unwrap().to_owned()));
+            match rendered.continue_token {
+                Some(token) => after = Some(cls_api::store::ContinueToken::decode(&token).expect("a token")),
+                None => break,
+            }
+        }
+        assert_eq!(names, ["a", "b", "c", "d", "e"]);
+        // a token from another namespace: one before this one continues from its start, one after ends the list
+        let token = |namespace: &str| cls_api::store::ContinueToken { namespace: namespace.into(), name: "x".into() };
+        let page = api.store.list_json(Kind::Cluster, &query(Some(token("aaa")))).await.expect("list");
+        assert_eq!(parse(&page.items)[0]["metadata"]["name"], "a");
+        let page = api.store.list_json(Kind::Cluster, &query(Some(token("zzz")))).await.expect("list");
+        assert!(page.items.is_empty() && page.continue_token.is_none());
+        // PostgreSQL prints jsonb with a space after each colon: this page was rendered there
+        let rendered = api.store.list_json(Kind::Cluster, &query(None)).await.expect("list");
+        assert!(std::str::from_utf8(&rendered.items[1]).unwrap().contains(r#""labels":{"team": "x"}"#), "rendered");
+
+        // a report makes b's aggregate stale: its page shows it recomputed
+        let (status, _) = api.report("clusters", &uids[1], "infra", 1, true).await;
+        assert_eq!(status, StatusCode::OK);
+        let page = parse(&api.store.list_json(Kind::Cluster, &query(None)).await.expect("list").items);
+        assert_eq!(condition(&page[1], "Ready")["status"], "True", "{}", page[1]);
+        assert_eq!(condition(&page[0], "Ready")["status"], "False", "{}", page[0]);
+    })
+    .await;
+}

@@ -26,7 +26,7 @@ use crate::http::AppState;
 use crate::http::body::Body;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::guard::{AuditNote, denied, seen, visible};
-use crate::http::rest::{ListBody, Patch, may_update, object_json, parse_manifest};
+use crate::http::rest::{Patch, list_json, may_update, object_json, parse_manifest};
 use crate::store::{ObjectKey, Store, StoreError, StoredObject};
 
 pub fn routes() -> Router<AppState> {
@@ -201,20 +201,18 @@ async fn list(
         return super::watch::watch(state, target.kind, query, params, wants_table(accept(&headers))).await;
     }
     query.feed_cursor = state.feed_cursor();
+    if !wants_table(accept(&headers)) {
+        return Ok(list_json(target.kind, state.store.list_json(target.kind, &query).await?));
+    }
     let page = state.store.list(target.kind, &query).await?;
     let mut metadata = json!({"resourceVersion": page.resource_version.to_string()});
     if let Some(token) = &page.continue_token {
         metadata["continue"] = json!(token);
     }
-    if wants_table(accept(&headers)) {
-        let body = table(target.kind, &page.items, metadata, IncludeObject::parse(params.include_object.as_deref()));
-        let mut response = axum::Json(body).into_response();
-        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(TABLE_CONTENT_TYPE));
-        return Ok(response);
-    }
-    let body =
-        ListBody { api_version: cls_core::API_VERSION, kind: target.kind.list_kind(), metadata, items: &page.items };
-    Ok(axum::Json(body).into_response())
+    let body = table(target.kind, &page.items, metadata, IncludeObject::parse(params.include_object.as_deref()));
+    let mut response = axum::Json(body).into_response();
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(TABLE_CONTENT_TYPE));
+    Ok(response)
 }
 
 async fn create(

@@ -29,7 +29,7 @@ use thiserror::Error;
 use uuid::Uuid;
 
 pub use object::{ObjectJson, StoredObject};
-pub use read::{ContinueToken, ListQuery, ListResult};
+pub use read::{ContinueToken, ListJson, ListQuery, ListResult};
 pub use security::{AuditRecord, TokenRecord};
 pub use write::Change;
 

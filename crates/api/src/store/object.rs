@@ -81,11 +81,8 @@ fn render_object_sql(kind: Kind) -> String {
 /// Parameters: one GET (`batch` false) binds `$1` the uid, or `$1, $2` the namespace and name, then the held
 /// version's transaction and resourceVersion; a batch binds the same as arrays of equal length.
 fn select_json_sql(kind: Kind, by_uid: bool, batch: bool, render: bool) -> String {
-    let (fresh, epoch) = if kind.reconciled() {
-        ("o.status_cached_seq = o.status_seq and o.status_epoch = e.epoch", " cross join registry_epoch e")
-    } else {
-        ("true", "")
-    };
+    let fresh = fresh_sql(kind);
+    let epoch = if kind.reconciled() { " cross join registry_epoch e" } else { "" };
     let keys = match (by_uid, batch) {
         (true, false) => {
             "(select $1::uuid as uid, $2::bigint as row_version, $3::bigint as resource_version, 1::bigint as position) k"
@@ -122,6 +119,31 @@ fn select_json_sql(kind: Kind, by_uid: bool, batch: bool, render: bool) -> Strin
             where o.kind = '{}' and {key} limit 1) o{epoch}",
         kind.as_str()
     )
+}
+
+/// Whether the cached aggregate of the row `o` is fresh, `e` being `registry_epoch` (kinds without an aggregate:
+/// always).
+fn fresh_sql(kind: Kind) -> &'static str {
+    if kind.reconciled() { "o.status_cached_seq = o.status_seq and o.status_epoch = e.epoch" } else { "true" }
+}
+
+/// The list query's columns when PostgreSQL renders the items: `namespace`, `name` and `body`, the item's JSON
+/// when its cached aggregate is fresh (null otherwise), `from objects o cross join registry_epoch e`.
+fn select_list_json_sql(kind: Kind) -> String {
+    let fresh = fresh_sql(kind);
+    format!(
+        "select o.namespace, o.name, case when {fresh} then {} end as body
+         from objects o cross join registry_epoch e",
+        render_object_sql(kind)
+    )
+}
+
+static SELECT_LIST_JSON: LazyLock<[String; 3]> = LazyLock::new(|| Kind::ALL.map(select_list_json_sql));
+
+/// The columns of a list that PostgreSQL renders (see [`select_list_json_sql`]).
+pub(crate) fn select_list_json(kind: Kind) -> &'static str {
+    let index = Kind::ALL.iter().position(|each| *each == kind).unwrap_or_default();
+    &SELECT_LIST_JSON[index]
 }
 
 /// The GET queries, one per kind, key shape, batching and rendering, built once (they are prepared once per

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::batch::{BatchFuture, Batcher};
 use super::bodies::{Bodies, Body, RowVersion};
 use super::connections::KeptConnections;
-use super::object::{CacheWrite, ObjectJson, ObjectRow, select_json, select_object};
+use super::object::{CacheWrite, ObjectJson, ObjectRow, select_json, select_list_json, select_object};
 use super::{ObjectKey, Result, Store, StoreError, StoredObject, is_connection_error};
 
 /// Lists hold at most this many items per page.
@@ -67,6 +67,89 @@ pub struct ListResult {
     /// Set when there are more items.
     pub continue_token: Option<String>,
     pub resource_version: i64,
+}
+
+/// A page of a list as JSON items (see [`Store::list_json`]).
+#[derive(Clone, Debug)]
+pub struct ListJson {
+    /// Each item's JSON, as a GET answers it.
+    pub items: Vec<Bytes>,
+    /// Set when there are more items.
+    pub continue_token: Option<String>,
+    pub resource_version: i64,
+}
+
+/// A row of [`Store::list_json`]'s statement: `body` is null when the item's cached aggregate is stale.
+#[derive(sqlx::FromRow)]
+struct ListJsonRow {
+    list_resource_version: Option<i64>,
+    namespace: String,
+    name: String,
+    body: Option<String>,
+}
+
+/// The page size of `query`: its limit (the default without one), at most [`MAX_LIMIT`].
+fn page_size(query: &ListQuery) -> i64 {
+    query.limit.filter(|limit| *limit > 0).unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT)
+}
+
+/// The statement of a list page of `kind` selecting `columns` (a `select ... from objects o cross join
+/// registry_epoch e`), with the list's resourceVersion as `list_resource_version`, one row beyond the page telling
+/// whether there are more.
+fn list_statement(kind: Kind, query: &ListQuery, columns: &str, limit: i64) -> QueryBuilder<Postgres> {
+    let mut builder = QueryBuilder::new("");
+    push_list_version(&mut builder, query.feed_cursor);
+    builder.push(columns.replacen("select ", "select (select value from list_version) as list_resource_version, ", 1));
+    builder.push(" where o.kind = ").push_bind(kind.as_str());
+    if let Some(namespace) = &query.namespace {
+        builder.push(" and o.namespace = ").push_bind(namespace.clone());
+    }
+    if let Some(namespaces) = &query.visible_namespaces {
+        builder.push(" and o.namespace = any(").push_bind(namespaces.clone()).push(")");
+    }
+    for requirement in &query.labels.requirements {
+        push_label_requirement(&mut builder, requirement);
+    }
+    for requirement in &query.fields.requirements {
+        push_field_requirement(&mut builder, requirement);
+    }
+    match (&query.continue_after, &query.namespace) {
+        (None, _) => {}
+        // in one namespace, the name alone: with the namespace's equality taking the index's second column, a row
+        // comparison could not position the scan, which then read every entry of the namespace up to the page
+        // (a page of 10 deep in 10,000 Clusters cost PostgreSQL ~0.5 ms instead of ~0.05)
+        (Some(after), Some(namespace)) => match after.namespace.cmp(namespace) {
+            std::cmp::Ordering::Equal => {
+                builder.push(" and o.name > ").push_bind(after.name.clone());
+            }
+            std::cmp::Ordering::Less => {}
+            std::cmp::Ordering::Greater => {
+                builder.push(" and false");
+            }
+        },
+        (Some(after), None) => {
+            builder.push(" and (o.namespace, o.name) > (").push_bind(after.namespace.clone());
+            builder.push(", ").push_bind(after.name.clone()).push(")");
+        }
+    }
+    builder.push(" order by o.namespace, o.name");
+    if !query.all {
+        builder.push(" limit ").push_bind(limit + 1);
+    }
+    builder
+}
+
+/// Cuts `rows` (read with one row beyond the page) to `limit`; answers the continue token after the last one kept
+/// when there are more.
+fn cut_page<T>(rows: &mut Vec<T>, limit: i64, key: impl Fn(&T) -> (&String, &String)) -> Option<String> {
+    if rows.len() as i64 <= limit {
+        return None;
+    }
+    rows.truncate(limit as usize);
+    rows.last().map(|row| {
+        let (namespace, name) = key(row);
+        ContinueToken { namespace: namespace.clone(), name: name.clone() }.encode()
+    })
 }
 
 /// Field selectors each kind supports, beside `metadata.name` and `metadata.namespace`.
@@ -414,54 +497,50 @@ impl Store {
 
     /// Lists objects in (namespace, name) order, one page at a time.
     pub async fn list(&self, kind: Kind, query: &ListQuery) -> Result<ListResult> {
-        let limit = query.limit.filter(|limit| *limit > 0).unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
-        let mut builder = QueryBuilder::new("");
-        push_list_version(&mut builder, query.feed_cursor);
-        builder.push(select_object(false).replacen(
-            "select ",
-            "select (select value from list_version) as list_resource_version, ",
-            1,
-        ));
-        builder.push(" where o.kind = ").push_bind(kind.as_str());
-        if let Some(namespace) = &query.namespace {
-            builder.push(" and o.namespace = ").push_bind(namespace.clone());
-        }
-        if let Some(namespaces) = &query.visible_namespaces {
-            builder.push(" and o.namespace = any(").push_bind(namespaces.clone()).push(")");
-        }
-        for requirement in &query.labels.requirements {
-            push_label_requirement(&mut builder, requirement);
-        }
-        for requirement in &query.fields.requirements {
-            push_field_requirement(&mut builder, requirement);
-        }
-        if let Some(after) = &query.continue_after {
-            builder.push(" and (o.namespace, o.name) > (").push_bind(after.namespace.clone());
-            builder.push(", ").push_bind(after.name.clone()).push(")");
-        }
-        builder.push(" order by o.namespace, o.name");
-        if !query.all {
-            builder.push(" limit ").push_bind(limit + 1);
-        }
-        let mut rows: Vec<ObjectRow> = builder.build_query_as().fetch_all(&self.lists).await?;
-        let resource_version = match rows.first() {
-            Some(row) => row.list_resource_version.unwrap_or_default(),
-            None => {
-                let mut builder = QueryBuilder::new("");
-                push_list_version(&mut builder, query.feed_cursor);
-                builder.push("select value from list_version");
-                let (version,): (i64,) = builder.build_query_as().fetch_one(&self.lists).await?;
-                version
-            }
-        };
-        let continue_token = if rows.len() as i64 > limit {
-            rows.truncate(limit as usize);
-            rows.last().map(|row| ContinueToken { namespace: row.namespace.clone(), name: row.name.clone() }.encode())
-        } else {
-            None
-        };
+        let limit = page_size(query);
+        let mut rows: Vec<ObjectRow> =
+            list_statement(kind, query, select_object(false), limit).build_query_as().fetch_all(&self.lists).await?;
+        let first_version = rows.first().map(|row| row.list_resource_version.unwrap_or_default());
+        let resource_version = self.list_version(first_version, query).await?;
+        let continue_token = cut_page(&mut rows, limit, |row| (&row.namespace, &row.name));
         let items = self.resolve(rows).await?;
         Ok(ListResult { items, continue_token, resource_version })
+    }
+
+    /// A page of [`Store::list`] as JSON items: PostgreSQL renders them in the list's statement (as GETs do), and
+    /// their text goes out without being decoded. A page holding a stale aggregate is read again by
+    /// [`Store::list`], which recomputes and caches it (one statement, so the page stays one snapshot); the next
+    /// list of those objects renders them.
+    pub async fn list_json(&self, kind: Kind, query: &ListQuery) -> Result<ListJson> {
+        let limit = page_size(query);
+        let mut rows: Vec<ListJsonRow> =
+            list_statement(kind, query, select_list_json(kind), limit).build_query_as().fetch_all(&self.lists).await?;
+        if rows.iter().any(|row| row.body.is_none()) {
+            let page = self.list(kind, query).await?;
+            let items = page.items.iter().map(|item| Bytes::from(serde_json::to_vec(item).expect("objects serialize")));
+            return Ok(ListJson {
+                items: items.collect(),
+                continue_token: page.continue_token,
+                resource_version: page.resource_version,
+            });
+        }
+        let first_version = rows.first().map(|row| row.list_resource_version.unwrap_or_default());
+        let resource_version = self.list_version(first_version, query).await?;
+        let continue_token = cut_page(&mut rows, limit, |row| (&row.namespace, &row.name));
+        let items = rows.into_iter().filter_map(|row| row.body.map(Bytes::from)).collect();
+        Ok(ListJson { items, continue_token, resource_version })
+    }
+
+    /// The resourceVersion of a list: the one its first row carries, or for an empty page its own statement's.
+    async fn list_version(&self, first_row: Option<i64>, query: &ListQuery) -> Result<i64> {
+        if let Some(version) = first_row {
+            return Ok(version);
+        }
+        let mut builder = QueryBuilder::new("");
+        push_list_version(&mut builder, query.feed_cursor);
+        builder.push("select value from list_version");
+        let (version,): (i64,) = builder.build_query_as().fetch_one(&self.lists).await?;
+        Ok(version)
     }
 
     /// Turns rows into objects, computing stale aggregates and caching them with a compare-and-set on `status_seq`:
@@ -521,6 +600,25 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_in_one_namespace_continues_by_name_so_that_the_index_positions_the_scan() {
+        let after = |namespace: &str| ContinueToken { namespace: namespace.into(), name: "web-5000".into() };
+        let query = |namespace: Option<&str>, after: ContinueToken| ListQuery {
+            namespace: namespace.map(str::to_owned),
+            continue_after: Some(after),
+            ..Default::default()
+        };
+        let sql = |query: ListQuery| {
+            list_statement(Kind::Cluster, &query, select_list_json(Kind::Cluster), 10).into_sql().as_str().to_owned()
+        };
+        let same = sql(query(Some("default"), after("default")));
+        assert!(same.contains("and o.name > $") && !same.contains("(o.namespace, o.name) >"), "{same}");
+        let earlier = sql(query(Some("default"), after("apps")));
+        assert!(!earlier.contains("o.name >") && !earlier.contains("and false"), "{earlier}");
+        assert!(sql(query(Some("default"), after("zoo"))).contains("and false"));
+        assert!(sql(query(None, after("default"))).contains("(o.namespace, o.name) > ("));
+    }
 
     #[test]
     fn continue_tokens_round_trip_and_garbage_is_a_bad_request() {
