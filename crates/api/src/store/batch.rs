@@ -2,9 +2,10 @@
 //! together in the next statement, so a burst of N requests costs a few round trips and commits instead of N.
 //!
 //! Flow: [`Batcher::submit`] queues the item and, when fewer than `max_running` runners are busy, starts one. A
-//! runner takes everything queued (at most `max_batch`), runs the batch function on it and answers each item from
-//! the output at the same position; it repeats until the queue is empty, then stops. Nothing waits for a batch to
-//! fill: an item submitted to an idle batcher runs at once, alone; batches only form while runners are busy, and
+//! runner yields once (other ready tasks and the I/O driver run), takes everything queued (at most `max_batch`),
+//! runs the batch function on it and answers each item from the output at the same position; it repeats until the
+//! queue is empty, then stops. Nothing waits for a batch to fill: an item submitted to an idle batcher runs as soon
+//! as the runtime has polled what was ready, alone if nothing else came; batches form while runners are busy, and
 //! grow with the load.
 //!
 //! Guarantees: every item is answered once, by the batch it ran in; an item runs after it was submitted (a statement
@@ -90,22 +91,38 @@ struct Runner<I: Send + 'static, O: Send + 'static> {
 impl<I: Send + 'static, O: Send + 'static> Runner<I, O> {
     async fn run(mut self) {
         loop {
+            if self.stop_when_idle() {
+                return;
+            }
+            // items of requests that are ready on this worker, or whose sockets turned readable meanwhile, join
+            // this batch: the yield lets those tasks and the I/O driver run first (a spawned runner would otherwise
+            // run before them and take its first item alone). `cls api` + wrk at concurrency 8: PostgreSQL's CPU
+            // per GET 2.0 -> 1.56 times wrk's own, the API's 2.57 -> 2.36 (alternating binaries, 3 rounds)
+            tokio::task::yield_now().await;
             let batch: Vec<(I, oneshot::Sender<O>)> = {
                 let mut queue = self.inner.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                if queue.waiting.is_empty() {
-                    queue.running -= 1;
-                    self.stopped = true;
-                    return;
-                }
                 let take = queue.waiting.len().min(self.inner.max_batch);
                 queue.waiting.drain(..take).collect()
             };
+            if batch.is_empty() {
+                continue; // another runner took them meanwhile
+            }
             let (items, senders): (Vec<I>, Vec<oneshot::Sender<O>>) = batch.into_iter().unzip();
             let outputs = (self.inner.run)(items).await;
             for (sender, output) in senders.into_iter().zip(outputs) {
                 let _ = sender.send(output);
             }
         }
+    }
+
+    /// Stops this runner (gives up its place) when nothing is queued.
+    fn stop_when_idle(&mut self) -> bool {
+        let mut queue = self.inner.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if queue.waiting.is_empty() {
+            queue.running -= 1;
+            self.stopped = true;
+        }
+        self.stopped
     }
 }
 
@@ -160,6 +177,32 @@ mod tests {
             assert_eq!(task.await.unwrap(), Some(item * 2), "each item gets its own output");
         }
         assert_eq!(*sizes.lock().unwrap(), vec![1, 4], "the first ran alone at once, the other four together");
+    }
+
+    /// Requests that are ready on the worker when a runner starts (a burst that one read of the sockets brought)
+    /// go in its first batch, not one alone and the rest after it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn items_of_tasks_ready_when_a_runner_starts_go_in_its_first_batch() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let recorded = sizes.clone();
+        let batcher = Batcher::new(1, 100, move |items: Vec<u32>| {
+            recorded.lock().unwrap().push(items.len());
+            Box::pin(async move { items }) as BatchFuture<u32>
+        });
+        // spawned from a task of the worker: all five are ready at once, as after one poll of the sockets
+        let burst = tokio::spawn(async move {
+            let tasks: Vec<_> = (0..5)
+                .map(|item| {
+                    let batcher = batcher.clone();
+                    tokio::spawn(async move { batcher.submit(item).await })
+                })
+                .collect();
+            for (task, item) in tasks.into_iter().zip(0..) {
+                assert_eq!(task.await.unwrap(), Some(item));
+            }
+        });
+        burst.await.unwrap();
+        assert_eq!(*sizes.lock().unwrap(), vec![5]);
     }
 
     #[tokio::test]
