@@ -150,6 +150,20 @@ mod tests {
 
     use super::*;
 
+    /// Submits items `0..count` from a task each, all spawned before any runs, and checks that each gets itself
+    /// back (the batch functions of these tests answer their items).
+    async fn submit_each(batcher: &Batcher<u32, u32>, count: u32) {
+        let tasks: Vec<_> = (0..count)
+            .map(|item| {
+                let batcher = batcher.clone();
+                tokio::spawn(async move { batcher.submit(item).await })
+            })
+            .collect();
+        for (task, item) in tasks.into_iter().zip(0..) {
+            assert_eq!(task.await.unwrap(), Some(item), "each item gets its own output");
+        }
+    }
+
     #[tokio::test]
     async fn items_submitted_while_a_batch_runs_go_together_in_the_next_one() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
@@ -190,18 +204,7 @@ mod tests {
             Box::pin(async move { items }) as BatchFuture<u32>
         });
         // spawned from a task of the worker: all five are ready at once, as after one poll of the sockets
-        let burst = tokio::spawn(async move {
-            let tasks: Vec<_> = (0..5)
-                .map(|item| {
-                    let batcher = batcher.clone();
-                    tokio::spawn(async move { batcher.submit(item).await })
-                })
-                .collect();
-            for (task, item) in tasks.into_iter().zip(0..) {
-                assert_eq!(task.await.unwrap(), Some(item));
-            }
-        });
-        burst.await.unwrap();
+        tokio::spawn(async move { submit_each(&batcher, 5).await }).await.unwrap();
         assert_eq!(*sizes.lock().unwrap(), vec![5]);
     }
 
@@ -222,15 +225,7 @@ mod tests {
                 items
             }) as BatchFuture<u32>
         });
-        let tasks: Vec<_> = (0..40)
-            .map(|item| {
-                let batcher = batcher.clone();
-                tokio::spawn(async move { batcher.submit(item).await })
-            })
-            .collect();
-        for (task, item) in tasks.into_iter().zip(0..) {
-            assert_eq!(task.await.unwrap(), Some(item));
-        }
+        submit_each(&batcher, 40).await;
         assert!(largest.load(Ordering::SeqCst) <= 3);
         assert!(most.load(Ordering::SeqCst) <= 2);
         assert_eq!(batcher.inner.queue.lock().unwrap().running, 0, "runners stop when the queue is empty");

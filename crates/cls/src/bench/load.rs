@@ -149,9 +149,6 @@ async fn interleaved<const N: usize>(
     duration: Duration,
 ) -> anyhow::Result<[Figure; N]> {
     let round = Duration::from_secs((duration.as_secs() / u64::from(ROUNDS)).max(1));
-    if runs.iter().any(|run| matches!(run, Run::Pgbench { .. })) {
-        ensure_pgbench_tables(environment).await?;
-    }
     let mut loads: [Vec<Load>; N] = std::array::from_fn(|_| Vec::new());
     for number in 0..ROUNDS {
         for index in round_order(number, runs.len()) {
